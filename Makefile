@@ -1,0 +1,32 @@
+# Every target creates the virtual environment and installs what it needs on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+QUICK ?=
+TOY_ARGS := $(if $(QUICK),--quick,)
+
+.PHONY: install toy test clean
+
+install: $(STAMP)
+
+# torch is pinned to the local CPU build first; any other torch spec pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+toy: $(STAMP)
+	$(PY) -m backdoor_lens.experiments.toy $(TOY_ARGS) --out results/toy
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
