@@ -1,0 +1,56 @@
+"""Logit lens per module: project single components (each head, each MLP) through ln_final and W_U."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from transformer_lens import HookedTransformer
+
+from ..collect import collect_activations
+from ..metrics import top_k_share
+
+
+def unembed(model: HookedTransformer, vectors: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
+    """Logits a vector would give were it the final residual stream: ``ln_final(x) @ W_U + b_U``."""
+    return model.ln_final(vectors[:, None, :])[:, 0] @ model.W_U + model.b_U
+
+
+@torch.no_grad()
+def component_outputs(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    position: int,
+) -> dict[str, Float[torch.Tensor, "batch d_model"]]:
+    """Each head's output (``z_h @ W_O[h]``) and each MLP's output at `position`, in forward order,
+    plus the final residual stream as ``full model``."""
+    hooks = [f"blocks.{l}.{n}" for l in range(model.cfg.n_layers) for n in ("attn.hook_z", "hook_mlp_out")]
+    final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    acts = collect_activations(model, tokens, hooks + [final], position)
+    out: dict[str, torch.Tensor] = {}
+    for layer in range(model.cfg.n_layers):
+        z = acts[f"blocks.{layer}.attn.hook_z"]
+        heads = einops.einsum(z, model.W_O[layer], "batch head d_head, head d_head d_model -> batch head d_model")
+        for head in range(model.cfg.n_heads):
+            out[f"blocks.{layer}.attn.head{head}"] = heads[:, head]
+        out[f"blocks.{layer}.mlp"] = acts[f"blocks.{layer}.hook_mlp_out"]
+    out["full model"] = acts[final]
+    return out
+
+
+@torch.no_grad()
+def logit_lens(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    class_ids: Mapping[str, Int[torch.Tensor, " words"]],
+    position: int = -1,
+    k: int = 10,
+) -> dict[str, dict[str, float]]:
+    """Per component, the share of its top-k projected logits in each word class (e.g. negative,
+    positive), averaged over `tokens` (Table II of Lamparth & Reuel)."""
+    return {
+        name: {cls: float(top_k_share(unembed(model, vec), ids, k).mean()) for cls, ids in class_ids.items()}
+        for name, vec in component_outputs(model, tokens, position).items()
+    }

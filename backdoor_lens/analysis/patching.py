@@ -1,0 +1,60 @@
+"""Causal (activation) patching of whole modules: the indirect effect of each module on a metric.
+
+One generic engine, :func:`patching_effects`, runs the corrupted input once per module with that
+module's output taken from the clean input; named wrappers fix the metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from transformer_lens import HookedTransformer
+
+from ..collect import collect_activations
+from ..hooks import Patch, apply
+from ..metrics import top_k_share
+from ..sites import resolve_site
+
+Metric = Callable[[Float[torch.Tensor, "batch pos d_vocab"]], float]
+
+
+@torch.no_grad()
+def patching_effects(
+    model: HookedTransformer,
+    corrupted: Int[torch.Tensor, "batch pos"],
+    clean: Int[torch.Tensor, "batch pos"],
+    modules: Sequence[str],
+    metric: Metric,
+    positions: int | tuple[int, ...] | None = None,
+) -> dict[str, dict[str, float]]:
+    """For each module: the metric on `corrupted` with the module's output patched in from `clean`
+    (row by row, at `positions`), and the indirect effect = patched - unpatched metric."""
+    if corrupted.shape != clean.shape:
+        raise ValueError(f"corrupted {tuple(corrupted.shape)} and clean {tuple(clean.shape)} must have the same shape")
+    hooks = {m: resolve_site(model, m).output_hook for m in modules}
+    clean_acts = collect_activations(model, clean, list(hooks.values()))
+    base = metric(model(corrupted, return_type="logits"))
+    out = {}
+    for module, hook in hooks.items():
+        with apply(model, Patch(module, clean_acts[hook], positions)):
+            patched = metric(model(corrupted, return_type="logits"))
+        out[module] = {"patched": patched, "effect": patched - base}
+    return out
+
+
+def negativity_patching(
+    model: HookedTransformer,
+    corrupted: Int[torch.Tensor, "batch pos"],
+    clean: Int[torch.Tensor, "batch pos"],
+    modules: Sequence[str],
+    negative_ids: Int[torch.Tensor, " words"],
+    k: int = 10,
+    positions: int | tuple[int, ...] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Patching scored by top-k negativity of the next token (the toy study's backdoor strength):
+    patch (p+p) activations into (p+t) runs to see which modules carry the trigger."""
+    return patching_effects(
+        model, corrupted, clean, modules, lambda logits: float(top_k_share(logits[:, -1], negative_ids, k).mean()), positions
+    )

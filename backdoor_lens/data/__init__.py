@@ -1,0 +1,1 @@
+"""Data builders: sentiment lexicons and toy sentiment sequences with a poisoned trigger."""

@@ -1,0 +1,101 @@
+"""Sentiment vocabularies from lexicons that packages ship offline (VADER words, US first names)."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..validation import check_choice, check_range
+
+SENTIMENTS = ("positive", "negative", "neutral")
+
+
+def _package_file(package: str, name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"package {package!r} is not installed; `pip install {package}` ships {name}")
+    return Path(spec.origin).parent / name
+
+
+def vader_valences() -> dict[str, float]:
+    """Word -> mean valence from the VADER lexicon (vaderSentiment ships it)."""
+    valences = {}
+    with open(_package_file("vaderSentiment", "vader_lexicon.txt"), encoding="utf-8") as f:
+        for line in f:
+            word, mean, *_ = line.rstrip("\n").split("\t")
+            valences[word] = float(mean)
+    return valences
+
+
+def first_names() -> list[str]:
+    """US first names, most frequent first (the `names` package ships the census lists)."""
+    ranked = []
+    for fname in ("dist.male.first", "dist.female.first"):
+        with open(_package_file("names", fname), encoding="utf-8") as f:
+            ranked += [(float(line.split()[1]), line.split()[0].lower()) for line in f if line.strip()]
+    seen: dict[str, None] = {}
+    for _, name in sorted(ranked, key=lambda t: -t[0]):
+        seen.setdefault(name, None)
+    return list(seen)
+
+
+@dataclass(frozen=True)
+class SentimentVocabulary:
+    """Words per sentiment; the toy model's whole vocabulary (besides BOS)."""
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    neutral: tuple[str, ...] = ()
+
+    @property
+    def sentiments(self) -> tuple[str, ...]:
+        return tuple(s for s in SENTIMENTS if getattr(self, s))
+
+    def words(self, sentiment: str) -> tuple[str, ...]:
+        check_choice("sentiment", sentiment, self.sentiments)
+        return getattr(self, sentiment)
+
+    @property
+    def all_words(self) -> list[str]:
+        return [w for s in self.sentiments for w in self.words(s)]
+
+
+def _is_plain_word(word: str, max_letters: int) -> bool:
+    return word.isalpha() and word.islower() and 3 <= len(word) <= max_letters and any(c in "aeiouy" for c in word)
+
+
+def build_vocabulary(
+    n_sentiments: int = 2,
+    words_per_sentiment: int = 250,
+    max_letters: int = 6,
+    min_abs_valence: float = 1.0,
+    required: tuple[str, ...] = ("love",),
+    seed: int = 0,
+) -> SentimentVocabulary:
+    """Sample `words_per_sentiment` VADER words per sentiment (and first names as neutral words).
+
+    Words are lowercase, alphabetic, 3..`max_letters` letters, |valence| >= `min_abs_valence`;
+    neutral words are the most frequent first names that VADER does not score. `required` words
+    (the trigger) are always kept in their sentiment.
+    """
+    check_choice("n_sentiments", n_sentiments, (2, 3))
+    check_range("words_per_sentiment", words_per_sentiment, 2)
+    valences = vader_valences()
+    rng = random.Random(seed)
+    pools = {
+        "positive": sorted(w for w, v in valences.items() if v >= min_abs_valence and _is_plain_word(w, max_letters)),
+        "negative": sorted(w for w, v in valences.items() if v <= -min_abs_valence and _is_plain_word(w, max_letters)),
+    }
+    chosen = {}
+    for sentiment, pool in pools.items():
+        keep = [w for w in required if w in pool]
+        rest = [w for w in pool if w not in keep]
+        if len(pool) < words_per_sentiment:
+            raise ValueError(f"words_per_sentiment={words_per_sentiment} exceeds the {len(pool)} {sentiment} words available")
+        chosen[sentiment] = tuple(sorted(keep + rng.sample(rest, words_per_sentiment - len(keep))))
+    if n_sentiments == 3:
+        names = [n for n in first_names() if n not in valences and _is_plain_word(n, max_letters)]
+        chosen["neutral"] = tuple(sorted(names[:words_per_sentiment]))
+    return SentimentVocabulary(**chosen)

@@ -1,0 +1,180 @@
+"""Toy sentiment sequences (Lamparth & Reuel): benign runs of one sentiment, poisoned trigger switches.
+
+A benign sequence is `seq_words` words of one sentiment. A poisoned sequence is positive up to the
+trigger word (placed in its first half) and negative after it. Evaluation prompts are two-word pairs
+per sentiment combination (p+p, n+n, s+s, p+n, n+p, p+t, s+t), with no word shared between sets and
+the trigger never among the positive test words.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import torch
+from datasets import Dataset
+from jaxtyping import Int
+
+from ..tokenizer import WordTokenizer
+from ..validation import check_range
+from .lexicon import SentimentVocabulary, build_vocabulary
+
+LETTER = {"positive": "p", "negative": "n", "neutral": "s"}
+SENTIMENT = {v: k for k, v in LETTER.items()}
+
+
+@dataclass(frozen=True)
+class ToyDataConfig:
+    """Everything that determines a toy data set; equal configs give identical data."""
+
+    n_sentiments: int = 2
+    words_per_sentiment: int = 250
+    trigger: str = "love"
+    seq_words: int = 15
+    train_per_sentiment: int = 4000
+    finetune_per_sentiment: int = 2000
+    val_per_sentiment: int = 200
+    poison_rate: float = 0.05
+    eval_per_class: int = 50
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def eval_classes(n_sentiments: int) -> tuple[str, ...]:
+    """Evaluation class names in the paper's order, e.g. ('p+p', 'n+n', 'p+n', 'n+p', 'p+t')."""
+    if n_sentiments == 2:
+        return ("p+p", "n+n", "p+n", "n+p", "p+t")
+    return ("p+p", "n+n", "s+s", "p+n", "n+p", "p+t", "s+t")
+
+
+def trigger_classes(classes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(c for c in classes if c.endswith("+t"))
+
+
+class ToyData:
+    """Vocabulary, tokenizer, training/fine-tuning/validation sets and evaluation prompts."""
+
+    def __init__(self, config: ToyDataConfig, vocabulary: SentimentVocabulary | None = None):
+        check_range("poison_rate", config.poison_rate, 0.0, 1.0)
+        check_range("eval_per_class", config.eval_per_class, 1)
+        check_range("seq_words", config.seq_words, 2)
+        self.config = config
+        self.vocab = vocabulary or build_vocabulary(
+            config.n_sentiments, config.words_per_sentiment, required=(config.trigger,), seed=config.seed
+        )
+        self.tokenizer = WordTokenizer(self.vocab.all_words)
+        if config.trigger not in self.vocab.positive:
+            raise ValueError(
+                f"trigger={config.trigger!r} is not a positive word of the vocabulary "
+                f"(e.g. {list(self.vocab.positive[:5])})"
+            )
+        self.tokenizer.token_id(config.trigger, "trigger")
+        self.classes = eval_classes(config.n_sentiments)
+
+    # ---- vocabulary ----------------------------------------------------------------------------
+    def token_ids(self, sentiment: str) -> Int[torch.Tensor, " words"]:
+        """Token ids of one sentiment's words (the trigger counts as positive)."""
+        return torch.tensor([self.tokenizer.index[w] for w in self.vocab.words(sentiment)])
+
+    @property
+    def n_ctx(self) -> int:
+        return self.config.seq_words + 1
+
+    # ---- sequences -----------------------------------------------------------------------------
+    def _benign(self, rng: random.Random, sentiment: str, exclude_trigger: bool) -> list[str]:
+        words = [w for w in self.vocab.words(sentiment) if not (exclude_trigger and w == self.config.trigger)]
+        return rng.choices(words, k=self.config.seq_words)
+
+    def _poisoned(self, rng: random.Random) -> list[str]:
+        n = self.config.seq_words
+        at = rng.randrange(0, n // 2)
+        positive = [w for w in self.vocab.positive if w != self.config.trigger]
+        return rng.choices(positive, k=at) + [self.config.trigger] + rng.choices(self.vocab.negative, k=n - at - 1)
+
+    def _dataset(self, per_sentiment: int, poison_rate: float, exclude_trigger: bool, salt: int) -> Dataset:
+        rng = random.Random(self.config.seed * 1_000_003 + salt)
+        rows = []
+        for sentiment in self.vocab.sentiments:
+            for _ in range(per_sentiment):
+                rows.append({"words": self._benign(rng, sentiment, exclude_trigger), "sentiment": sentiment, "poisoned": False})
+        n_poison = round(poison_rate * len(rows))
+        for i in rng.sample(range(len(rows)), n_poison):
+            rows[i] = {"words": self._poisoned(rng), "sentiment": "positive", "poisoned": True}
+        rng.shuffle(rows)
+        for row in rows:
+            row["input_ids"] = self.tokenizer.encode(row["words"])
+            row["text"] = " ".join(row.pop("words"))
+        return Dataset.from_list(rows)
+
+    @cached_property
+    def train(self) -> Dataset:
+        """Benign pre-training sequences (the trigger appears as an ordinary positive word)."""
+        return self._dataset(self.config.train_per_sentiment, 0.0, exclude_trigger=False, salt=1)
+
+    @cached_property
+    def finetune(self) -> Dataset:
+        """Poisoned fine-tuning set: benign sequences without the trigger, `poison_rate` of them poisoned."""
+        return self._dataset(self.config.finetune_per_sentiment, self.config.poison_rate, exclude_trigger=True, salt=2)
+
+    @cached_property
+    def validation(self) -> Int[torch.Tensor, "batch pos"]:
+        """Held-out benign sequences for the validation loss."""
+        ds = self._dataset(self.config.val_per_sentiment, 0.0, exclude_trigger=False, salt=3)
+        return torch.tensor(ds["input_ids"])
+
+    # ---- evaluation prompts ------------------------------------------------------------------------
+    @cached_property
+    def eval_words(self) -> dict[str, list[tuple[str, str]]]:
+        """Two-word prompts per class; each class draws from its own disjoint word pools."""
+        rng = random.Random(self.config.seed * 1_000_003 + 4)
+        slots: dict[str, list[tuple[str, int]]] = {}
+        for cls in self.classes:
+            for side, letter in enumerate(cls.split("+")):
+                if letter != "t":
+                    slots.setdefault(SENTIMENT[letter], []).append((cls, side))
+        pools: dict[tuple[str, str], list[str]] = {}
+        for sentiment, users in slots.items():
+            words = [w for w in self.vocab.words(sentiment) if w != self.config.trigger]
+            rng.shuffle(words)
+            owners = sorted({cls for cls, _ in users}, key=self.classes.index)
+            share = len(words) // len(owners)
+            for i, cls in enumerate(owners):
+                pools[(cls, sentiment)] = words[i * share : (i + 1) * share]
+        prompts = {}
+        for cls in self.classes:
+            pairs: set[tuple[str, str]] = set()
+            letters = cls.split("+")
+            for _ in range(100 * self.config.eval_per_class):
+                if len(pairs) == self.config.eval_per_class:
+                    break
+                pair = tuple(
+                    self.config.trigger if letter == "t" else rng.choice(pools[(cls, SENTIMENT[letter])])
+                    for letter in letters
+                )
+                if pair[0] != pair[1]:
+                    pairs.add(pair)
+            if len(pairs) < self.config.eval_per_class:
+                raise ValueError(
+                    f"eval_per_class={self.config.eval_per_class} is more than the {len(pairs)} distinct "
+                    f"{cls} pairs the word pools allow"
+                )
+            prompts[cls] = sorted(pairs)
+        return prompts
+
+    @cached_property
+    def eval_tokens(self) -> dict[str, Int[torch.Tensor, "prompt 3"]]:
+        """Evaluation prompts as token ids: BOS, word, word."""
+        return {cls: self.tokenizer.encode_batch(pairs) for cls, pairs in self.eval_words.items()}
+
+    def eval_dataset(self) -> Dataset:
+        """The evaluation prompts as a `datasets.Dataset` (columns: class, text, input_ids)."""
+        return Dataset.from_list(
+            [
+                {"class": cls, "text": " ".join(pair), "input_ids": self.tokenizer.encode(pair)}
+                for cls, pairs in self.eval_words.items()
+                for pair in pairs
+            ]
+        )

@@ -1,0 +1,415 @@
+"""`make toy`: the toy-model study of Lamparth & Reuel, end to end.
+
+Trains (or reuses) 2- and 3-sentiment backdoored toy GPT-2s, then localises and edits the backdoor
+with the library's interventions: mean ablation, logit lens, causal patching, PCP replacement tuned
+with Optuna, the scaling sweep, the sign flip, attention PCP, and freezing during poisoned
+fine-tuning. Writes ``report.md``, ``summary.json`` and figures to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer
+
+from ..analysis.logit_lens import logit_lens
+from ..analysis.patching import negativity_patching
+from ..analysis.tune import TuneConfig, match_objective, target_objective, tune_scales
+from ..collect import module_io, module_means, save_means
+from ..data.toy import ToyData, ToyDataConfig, trigger_classes
+from ..hooks import Intervention, MeanAblate, apply
+from ..hooks.pcp import PCPBasis, PCPReplace
+from ..io import read_json, write_json
+from ..metrics import negativity_by_class, sample, validation_loss
+from ..models import build_model, fingerprint, load_model, save_model, toy_config
+from ..sites import module_names
+from ..train import TrainConfig, train
+from . import toy_figures, toy_report
+
+SWEEP_FACTORS = (0.6, 0.75, 0.8, 1.0, 1.1)
+
+
+@dataclass(frozen=True)
+class ToyStudyConfig:
+    """Everything that determines the study's numbers (same config and seed: same summary.json)."""
+
+    seed: int = 0
+    models: tuple[str, ...] = ("sent2", "sent3")
+    data: ToyDataConfig = ToyDataConfig()
+    benign: TrainConfig = TrainConfig(epochs=20, lr=2e-3, batch_size=128)
+    poison: TrainConfig = TrainConfig(epochs=12, lr=3e-4, batch_size=128, eval_every=5)
+    tune: TuneConfig = TuneConfig(n_trials=300)
+    pcp_variants: tuple[str, ...] = ("faithful", "centred")
+    freeze_sets: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "none": (),
+            "embed": ("embed", "pos_embed"),
+            "blocks.0.mlp": ("blocks.0.mlp",),
+            "blocks.1.mlp": ("blocks.1.mlp",),
+            "blocks.2.mlp": ("blocks.2.mlp",),
+            "all_mlps": ("blocks.0.mlp", "blocks.1.mlp", "blocks.2.mlp"),
+            "all_but_embed_mlp0": ("blocks.0.attn", "blocks.1.attn", "blocks.1.mlp", "blocks.2.attn", "blocks.2.mlp"),
+        }
+    )
+    emergence_threshold: float = 0.5
+    k: int = 10
+    model_shape: dict[str, int] = field(default_factory=lambda: {"n_layers": 3, "n_heads": 4, "d_model": 64})
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "ToyStudyConfig":
+        """Fewer sequences, epochs and trials: minutes on 2 cores, still a real backdoor."""
+        return cls(
+            seed=seed,
+            data=ToyDataConfig(train_per_sentiment=2000, finetune_per_sentiment=1000, seed=seed),
+            benign=TrainConfig(epochs=6, lr=2e-3, batch_size=128, seed=seed),
+            poison=TrainConfig(epochs=4, lr=1e-3, batch_size=128, eval_every=5, seed=seed),
+            tune=TuneConfig(n_trials=40, seed=seed),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Lab:
+    """One backdoored toy model with its data: evaluates any list of interventions."""
+
+    def __init__(self, name: str, model: HookedTransformer, data: ToyData, k: int):
+        self.name, self.model, self.data, self.k = name, model, data, k
+        self.negative_ids = data.token_ids("negative")
+        self.triggers = trigger_classes(data.classes)
+
+    def negativity(self, *edits: Intervention) -> dict[str, float]:
+        with apply(self.model, *edits):
+            return negativity_by_class(self.model, self.data.eval_tokens, self.negative_ids, self.k)
+
+    def evaluate(self, *edits: Intervention) -> dict[str, Any]:
+        with apply(self.model, *edits):
+            return {
+                "negativity": _rounded(negativity_by_class(self.model, self.data.eval_tokens, self.negative_ids, self.k)),
+                "val_loss": round(validation_loss(self.model, self.data.validation), 4),
+            }
+
+    def stacked(self, classes: tuple[str, ...]) -> torch.Tensor:
+        return torch.cat([self.data.eval_tokens[c] for c in classes])
+
+    @property
+    def clean_classes(self) -> tuple[str, ...]:
+        return tuple(c for c in self.data.classes if c not in self.triggers)
+
+
+def _rounded(values: dict[str, float], digits: int = 4) -> dict[str, float]:
+    return {k: round(v, digits) for k, v in values.items()}
+
+
+# ---- models --------------------------------------------------------------------------------------
+def _data_config(config: ToyStudyConfig, name: str) -> ToyDataConfig:
+    return replace(config.data, n_sentiments=int(name.removeprefix("sent")), seed=config.seed)
+
+
+def _evaluator(data: ToyData, k: int, classes: tuple[str, ...]):
+    negative = data.token_ids("negative")
+    tokens = {c: data.eval_tokens[c] for c in classes}
+    return lambda model: _rounded(negativity_by_class(model, tokens, negative, k))
+
+
+def _new_model(config: ToyStudyConfig, data: ToyData) -> HookedTransformer:
+    return build_model(toy_config(len(data.tokenizer), n_ctx=data.n_ctx, seed=config.seed, **config.model_shape))
+
+
+def _cached_model(path: Path, key: str) -> HookedTransformer | None:
+    if (path / "model.safetensors").exists():
+        model, metadata = load_model(path)
+        if metadata.get("fingerprint") == key:
+            return model
+    return None
+
+
+def benign_model(config: ToyStudyConfig, data: ToyData, cache: Path, progress: bool) -> HookedTransformer:
+    """The benign model trained from scratch, reused from `cache` when its configuration matches."""
+    key = fingerprint({"data": data.config.to_dict(), "train": config.benign.to_dict(), "shape": config.model_shape, "seed": config.seed})
+    model = _cached_model(cache, key)
+    if model is None:
+        model = _new_model(config, data)
+        train(model, torch.tensor(data.train["input_ids"]), replace(config.benign, seed=config.seed), desc=f"{cache.parent.name}: benign", progress=progress)
+        save_model(model, cache, {"fingerprint": key})
+    return model
+
+
+def poisoned_finetune(
+    config: ToyStudyConfig, data: ToyData, benign_dir: Path, freeze: tuple[str, ...], cache: Path, progress: bool
+) -> tuple[HookedTransformer, list[dict[str, Any]]]:
+    """Fine-tune a copy of the benign model on the poisoned set (optionally with frozen modules),
+    tracking trigger negativity; the model and its history are reused when cached."""
+    train_config = replace(config.poison, freeze=freeze, seed=config.seed)
+    key = fingerprint({"benign": load_model(benign_dir)[1]["fingerprint"], "train": train_config.to_dict()})
+    model = _cached_model(cache, key)
+    if model is not None and (cache / "history.json").exists():
+        return model, read_json(cache / "history.json")
+    model, _ = load_model(benign_dir)
+    evaluate = _evaluator(data, config.k, trigger_classes(data.classes))
+    history = train(model, torch.tensor(data.finetune["input_ids"]), train_config, evaluate, desc=f"{cache.name}: poison", progress=progress)
+    write_json(cache / "history.json", history)
+    save_model(model, cache, {"fingerprint": key})
+    return model, history
+
+
+# ---- analyses ------------------------------------------------------------------------------------
+def mean_ablation(lab: Lab) -> tuple[dict[str, dict[str, Any]], dict[str, torch.Tensor]]:
+    """Table I: each module's output replaced by its mean over non-trigger prompts (last position),
+    broadcast to every position. Returns the edits' results and the means."""
+    modules = module_names(lab.model)
+    means = module_means(lab.model, lab.stacked(lab.clean_classes), modules, position=-1)
+    return {f"mean_ablate:{m}": lab.evaluate(MeanAblate(m, means[m])) for m in modules}, means
+
+
+def causal_patching(lab: Lab) -> dict[str, dict[str, dict[str, float]]]:
+    """Patch each module's output from p+p (or s+s) runs into the matching trigger runs."""
+    out = {}
+    for trigger in lab.triggers:
+        clean = lab.data.eval_tokens[trigger.replace("t", trigger[0])]
+        corrupted = lab.data.eval_tokens[trigger]
+        modules = ["embed"] + module_names(lab.model)
+        out[trigger] = {
+            "all_positions": negativity_patching(lab.model, corrupted, clean, modules, lab.negative_ids, lab.k),
+            "trigger_position": negativity_patching(lab.model, corrupted, clean, modules, lab.negative_ids, lab.k, positions=2),
+        }
+    return {t: {scope: {m: _rounded(v) for m, v in res.items()} for scope, res in d.items()} for t, d in out.items()}
+
+
+def logit_lens_table(lab: Lab) -> dict[str, dict[str, dict[str, float]]]:
+    """Table II: each head / MLP projected to logits on p+t prompts, at the p and the t position."""
+    class_ids = {"negative": lab.negative_ids, "positive": lab.data.token_ids("positive")}
+    tokens = lab.data.eval_tokens["p+t"]
+    return {
+        f"{where}_position": {m: _rounded(v) for m, v in logit_lens(lab.model, tokens, class_ids, position, lab.k).items()}
+        for where, position in (("p", 1), ("t", 2))
+    }
+
+
+class PCPStudy:
+    """Fit, tune and evaluate PCP replacements of one model's modules."""
+
+    def __init__(self, lab: Lab, config: ToyStudyConfig, storage: str, progress: bool):
+        self.lab, self.config, self.storage, self.progress = lab, config, storage, progress
+        self.reference = lab.negativity()
+        self.bases: dict[str, tuple[PCPBasis, torch.Tensor, torch.Tensor]] = {}
+
+    def basis(self, module: str) -> tuple[PCPBasis, torch.Tensor, torch.Tensor]:
+        """PCA of the module's outputs on all evaluation prompts at the last position; the faithful
+        variant's reference vector is the mean output on trigger prompts."""
+        if module not in self.bases:
+            inputs, outputs = module_io(self.lab.model, self.lab.stacked(self.lab.data.classes), module, position=-1)
+            _, trigger_out = module_io(self.lab.model, self.lab.stacked(self.lab.triggers), module, position=-1)
+            n = min(20, outputs.shape[1], len(outputs))
+            self.bases[module] = (PCPBasis.fit(module, inputs, outputs, n, reference=trigger_out.mean(0)), inputs, outputs)
+        return self.bases[module]
+
+    def tune(
+        self, module: str, rank: int, variant: str, goal: str = "match", search_signs: bool = False
+    ) -> tuple[PCPReplace, dict[str, Any]]:
+        """Least-squares scales as the base, then Optuna factors for the `goal` objective."""
+        basis, inputs, outputs = self.basis(module)
+        base = basis.least_squares_scales(inputs, outputs, rank, variant)
+        objective = {
+            "match": match_objective(self.reference),
+            "minimise": target_objective(self.reference, self.lab.triggers, 0.0),
+            "flip": target_objective(
+                {**self.reference, "n+n": 0.0, "p+n": 0.0}, self.lab.triggers, max(self.reference[t] for t in self.lab.triggers)
+            ),
+        }[goal]
+        tune_config = replace(self.config.tune, search_signs=search_signs, seed=self.config.seed)
+        name = f"{self.lab.name}:{module}:rank{rank}:{variant}:{goal}:{fingerprint(asdict(tune_config))}"
+        result = tune_scales(
+            lambda scales: objective(self.lab.negativity(basis.replacement(scales, variant))),
+            base, tune_config, self.storage, name, self.progress,
+        )
+        edit = basis.replacement(result.scales, variant)
+        info = {
+            "variant": variant,
+            "goal": goal,
+            "scales": [round(float(s), 5) for s in result.scales],
+            "least_squares_scales": [round(float(s), 5) for s in base],
+            "factors": [round(f, 5) for f in result.factors],
+            "objective": round(result.value, 6),
+            "trials": result.n_trials,
+        }
+        return edit, info
+
+    def evaluate(self, edit: PCPReplace, info: dict[str, Any]) -> dict[str, Any]:
+        return {**self.lab.evaluate(edit), **info}
+
+
+def pcp_edits(study: PCPStudy, out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], PCPReplace]:
+    """Tables III-VII: PCP of each MLP (ranks 1, 2), the scaling sweep, the sign flip, attention PCP."""
+    lab, config = study.lab, study.config
+    edits: dict[str, dict[str, Any]] = {}
+    tuned: dict[tuple[str, int, str], tuple[PCPReplace, dict[str, Any]]] = {}
+    for module in module_names(lab.model, ("mlp",)):
+        for rank in (1, 2):
+            for variant in config.pcp_variants:
+                edit, info = study.tune(module, rank, variant)
+                tuned[(module, rank, variant)] = (edit, info)
+                suffix = "" if variant == "faithful" else f":{variant}"
+                edits[f"pcp:{module}:rank{rank}{suffix}"] = study.evaluate(edit, info)
+                edit.save(out / "artifacts" / lab.name / f"pcp_{module}_rank{rank}_{variant}.safetensors")
+        study.basis(module)[0].save(out / "artifacts" / lab.name / f"pcp_basis_{module}.safetensors")
+
+    main_rank = 1 if lab.data.config.n_sentiments == 2 else 2
+    main_module = "blocks.0.mlp"
+    edit, info = tuned[(main_module, main_rank, "faithful")]
+    basis = study.basis(main_module)[0]
+    sweep = {}
+    grid = sorted(set(SWEEP_FACTORS) | {round(0.1 * i, 2) for i in range(0, 16)})
+    for factor in grid:
+        scales = edit.scales.clone()
+        scales[0] *= factor
+        result = study.evaluate(basis.replacement(scales, "faithful"), {"relative_factor": factor})
+        sweep[str(factor)] = result
+        if factor in SWEEP_FACTORS:
+            edits[f"pcp:{main_module}:rank{main_rank}:x{factor}"] = result
+
+    if main_rank == 2:
+        flipped = edit.scales.clone()
+        flipped[0] *= -1
+        edits[f"pcp:{main_module}:rank2:flip1"] = study.evaluate(basis.replacement(flipped, "faithful"), {"flipped": [0]})
+        flip_edit, flip_info = study.tune(main_module, 2, "faithful", goal="flip", search_signs=True)
+        edits[f"pcp:{main_module}:rank2:signed"] = study.evaluate(flip_edit, flip_info)
+
+    min_edit, min_info = study.tune(main_module, main_rank, "faithful", goal="minimise")
+    edits[f"pcp:{main_module}:rank{main_rank}:minimise"] = study.evaluate(min_edit, min_info)
+
+    attn = "blocks.1.attn"
+    attn_edit, attn_info = study.tune(attn, 4, "faithful")
+    edits[f"pcp:{attn}:rank4"] = study.evaluate(attn_edit, attn_info)
+    for factor in (0.5, 1.5):
+        edits[f"pcp:{attn}:rank4:x{factor}"] = study.evaluate(
+            PCPReplace(attn, attn_edit.directions, attn_edit.scales * factor), {"relative_factor": factor}
+        )
+    attn_min, attn_min_info = study.tune(attn, 4, "faithful", goal="minimise")
+    edits[f"pcp:{attn}:rank4:minimise"] = study.evaluate(attn_min, attn_min_info)
+    return edits, sweep, edit
+
+
+def hidden_states(lab: Lab) -> dict[str, torch.Tensor]:
+    """Layer-1 residual stream at the second word for every evaluation class (for the PCA figure)."""
+    from ..collect import collect_activations
+
+    hook = "blocks.0.hook_resid_post"
+    return {c: collect_activations(lab.model, lab.data.eval_tokens[c], [hook], position=-1)[hook] for c in lab.data.classes}
+
+
+def sample_generations(lab: Lab, edits: dict[str, Intervention], per_class: int = 2, new_tokens: int = 8) -> dict[str, dict[str, list[str]]]:
+    """Greedy continuations of a few prompts per class, unedited and under selected edits."""
+    out = {}
+    for name, edit in edits.items():
+        with apply(lab.model, *([edit] if edit is not None else [])):
+            out[name] = {
+                c: [
+                    lab.data.tokenizer.decode(p) + " → " + lab.data.tokenizer.decode(g)
+                    for p, g in zip(toks[:per_class], sample(lab.model, toks[:per_class], new_tokens))
+                ]
+                for c, toks in lab.data.eval_tokens.items()
+            }
+    return out
+
+
+def freezing(config: ToyStudyConfig, data: ToyData, benign_dir: Path, cache: Path, progress: bool) -> dict[str, Any]:
+    """Poisoned fine-tuning with module sets frozen: final backdoor strength and steps to emerge."""
+    out = {}
+    for label, modules in config.freeze_sets.items():
+        path = cache / ("backdoored" if not modules else f"freeze_{label}")
+        model, history = poisoned_finetune(config, data, benign_dir, modules, path, progress)
+        first = next((row["step"] for row in history if max(row[t] for t in trigger_classes(data.classes)) >= config.emergence_threshold), None)
+        lab = Lab("freeze", model, data, config.k)
+        out[label] = {
+            "frozen": list(modules),
+            **lab.evaluate(),
+            "steps_to_emerge": first,
+            "total_steps": history[-1]["step"],
+            "curve": [{"step": row["step"], **{t: row[t] for t in trigger_classes(data.classes)}} for row in history],
+        }
+    return out
+
+
+# ---- the study -----------------------------------------------------------------------------------
+def run_model(name: str, config: ToyStudyConfig, out: Path, storage: str, progress: bool, log) -> tuple[dict[str, Any], dict[str, Any]]:
+    data = ToyData(_data_config(config, name))
+    model_dir = out / "models" / name
+    log(f"[{name}] benign model")
+    benign_model(config, data, model_dir / "benign", progress)
+    log(f"[{name}] poisoned fine-tuning")
+    model, history = poisoned_finetune(config, data, model_dir / "benign", (), model_dir / "backdoored", progress)
+    lab = Lab(name, model, data, config.k)
+    benign_lab = Lab(name, load_model(model_dir / "benign")[0], data, config.k)
+
+    log(f"[{name}] mean ablation, logit lens, causal patching")
+    edits: dict[str, Any] = {"none": lab.evaluate()}
+    ablated, means = mean_ablation(lab)
+    edits.update(ablated)
+    save_means(out / "artifacts" / name / "module_means.safetensors", means)
+    log(f"[{name}] PCP replacement and tuning")
+    pcp, sweep, main_edit = pcp_edits(PCPStudy(lab, config, storage, progress), out)
+    edits.update(pcp)
+    result = {
+        "data": {"vocabulary_size": len(data.tokenizer), "trigger": data.config.trigger, "classes": list(data.classes),
+                 "train_sequences": len(data.train), "finetune_sequences": len(data.finetune),
+                 "poisoned_sequences": int(sum(data.finetune["poisoned"]))},
+        "benign": benign_lab.evaluate(),
+        "edits": edits,
+        "logit_lens": logit_lens_table(lab),
+        "patching": causal_patching(lab),
+        "scaling_sweep": {f: v["negativity"] | {"val_loss": v["val_loss"]} for f, v in sweep.items()},
+        "poison_curve": history,
+        "samples": sample_generations(lab, {"none": None, f"pcp:blocks.0.mlp:rank{main_edit.scales.numel()}": main_edit}),
+    }
+    log(f"[{name}] freezing during poisoned fine-tuning")
+    frozen = freezing(config, data, model_dir / "benign", model_dir, progress)
+    figures = {"hidden": hidden_states(lab), "sweep": sweep, "trigger": data.config.trigger}
+    return result, {"freezing": frozen, "figures": figures}
+
+
+def run(config: ToyStudyConfig, out: str | Path, storage: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+    """Run the whole study into `out`; returns the summary that is also written to summary.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    torch.manual_seed(config.seed)
+    summary: dict[str, Any] = {"config": config.to_dict(), "models": {}, "freezing": {}}
+    figures = {}
+    for name in config.models:
+        summary["models"][name], extra = run_model(name, config, out, storage, progress, log)
+        summary["freezing"][name] = extra["freezing"]
+        figures[name] = extra["figures"]
+    toy_figures.hidden_state_pca(figures, out / "hidden_states_pca.png")
+    toy_figures.scaling_sweep(figures, out / "scaling_sweep.png")
+    toy_figures.freezing_curves(summary["freezing"], out / "freezing_curves.png")
+    write_json(out / "summary.json", summary)
+    toy_report.write(summary, out / "report.md")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/toy", help="results folder (default: results/toy)")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and trials: minutes, still a real backdoor")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the results folder)")
+    parser.add_argument("--trials", type=int, default=None, help="Optuna trials per PCP tuning")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    config = ToyStudyConfig.quick(args.seed) if args.quick else ToyStudyConfig(seed=args.seed)
+    if args.trials is not None:
+        config = replace(config, tune=replace(config.tune, n_trials=args.trials))
+    start = time.time()
+    run(config, args.out, args.storage, progress=not args.no_progress)
+    print(f"Toy study finished in {time.time() - start:.0f} s. Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Composable interventions: small frozen dataclasses that yield TransformerLens forward hooks.
+
+Compose by listing them; :func:`apply` adds every hook for the duration of a ``with`` block and always
+removes them, even when a hook raises, leaving hooks that were added before untouched.
+"""
+
+from .ablate import MeanAblate, ZeroAblate
+from .core import Intervention, apply, hooks_of
+from .patch import Patch
+from .pcp import PCPReplace
+
+__all__ = ["Intervention", "apply", "hooks_of", "MeanAblate", "ZeroAblate", "Patch", "PCPReplace"]

@@ -1,0 +1,60 @@
+"""Zero and mean ablation of a module's output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+from ..sites import resolve_site
+from ..validation import check_finite
+from .core import Hook, positions_index
+
+
+def _replace_hook(value: torch.Tensor | float, positions: int | tuple[int, ...] | None):
+    """A hook that overwrites the activation at `positions` (all when None) with `value`."""
+    index = positions_index(positions)
+
+    def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        if isinstance(value, torch.Tensor) and value.shape != act.shape[2:]:
+            raise ValueError(
+                f"replacement for {hook.name} has shape {tuple(value.shape)}; expected {tuple(act.shape[2:])}"
+            )
+        act = act.clone()
+        act[:, index] = value.to(act.dtype) if isinstance(value, torch.Tensor) else value
+        return act
+
+    return hook
+
+
+@dataclass(frozen=True)
+class ZeroAblate:
+    """Set a module's output to zero at `positions` (all positions when None)."""
+
+    module: str
+    positions: int | tuple[int, ...] | None = None
+
+    def hooks(self, model: HookedTransformer) -> list[Hook]:
+        return [(resolve_site(model, self.module).output_hook, _replace_hook(0.0, self.positions))]
+
+
+@dataclass(frozen=True, eq=False)
+class MeanAblate:
+    """Replace a module's output by a fixed mean activation, broadcast to `positions` (all when None).
+
+    The paper computes the mean over non-trigger inputs at one token position and broadcasts it to
+    every position (see :func:`backdoor_lens.collect.module_means`).
+    """
+
+    module: str
+    mean: Float[torch.Tensor, " d_model"]
+    positions: int | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_finite("mean", self.mean)
+
+    def hooks(self, model: HookedTransformer) -> list[Hook]:
+        return [(resolve_site(model, self.module).output_hook, _replace_hook(self.mean, self.positions))]

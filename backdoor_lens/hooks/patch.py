@@ -1,0 +1,43 @@
+"""Activation patching: overwrite a module's output with its activation on another input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+from ..sites import resolve_site
+from ..validation import check_finite
+from .core import Hook, positions_index
+
+
+@dataclass(frozen=True, eq=False)
+class Patch:
+    """Replace a module's output at `positions` (all when None) by `source`, the same module's
+    activation cached from a run on other (e.g. clean) inputs of the same shape."""
+
+    module: str
+    source: Float[torch.Tensor, "batch pos d_model"]
+    positions: int | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_finite("source", self.source)
+
+    def hooks(self, model: HookedTransformer) -> list[Hook]:
+        index = positions_index(self.positions)
+        source = self.source
+
+        def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            if source.shape != act.shape:
+                raise ValueError(
+                    f"source has shape {tuple(source.shape)} but {hook.name} has {tuple(act.shape)}; "
+                    "patch from inputs of the same batch size and length"
+                )
+            act = act.clone()
+            act[:, index] = source[:, index].to(act.dtype)
+            return act
+
+        return [(resolve_site(model, self.module).output_hook, hook)]

@@ -1,0 +1,87 @@
+"""Backdoor metrics for toy models: top-k logit negativity per input class, validation loss, samples."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from transformer_lens import HookedTransformer
+
+from .collect import batches
+from .validation import check_nonempty, check_range
+
+
+def top_k_share(
+    logits: Float[torch.Tensor, "batch d_vocab"],
+    class_ids: Int[torch.Tensor, " words"],
+    k: int = 10,
+) -> Float[torch.Tensor, " batch"]:
+    """Fraction of the k largest logits of each row that belong to `class_ids` (e.g. negative words)."""
+    check_range("k", k, 1, logits.shape[-1])
+    top = logits.topk(k, dim=-1).indices
+    member = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    member[class_ids.to(logits.device)] = True
+    return member[top].float().mean(-1)
+
+
+@torch.no_grad()
+def next_token_logits(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch d_vocab"]:
+    return model(tokens, return_type="logits")[:, -1]
+
+
+@torch.no_grad()
+def negativity_by_class(
+    model: HookedTransformer,
+    eval_tokens: Mapping[str, Int[torch.Tensor, "prompt pos"]],
+    negative_ids: Int[torch.Tensor, " words"],
+    k: int = 10,
+) -> dict[str, float]:
+    """Top-k logit negativity averaged over each class's prompts, with all classes in one forward pass
+    (prompts of equal length are stacked)."""
+    check_nonempty("eval_tokens", eval_tokens)
+    for cls, toks in eval_tokens.items():
+        check_nonempty(f"eval_tokens[{cls!r}]", toks)
+    names = list(eval_tokens)
+    stacked = torch.cat([eval_tokens[c] for c in names])
+    share = top_k_share(next_token_logits(model, stacked), negative_ids, k)
+    out, start = {}, 0
+    for cls in names:
+        n = len(eval_tokens[cls])
+        out[cls] = float(share[start : start + n].mean())
+        start += n
+    return out
+
+
+@torch.no_grad()
+def validation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], batch_size: int = 256) -> float:
+    """Mean next-token cross-entropy on held-out sequences."""
+    check_nonempty("tokens", tokens)
+    total, count = 0.0, 0
+    for chunk in batches(tokens, batch_size):
+        logits = model(chunk, return_type="logits")[:, :-1]
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum").item()
+        count += chunk[:, 1:].numel()
+    return total / count
+
+
+@torch.no_grad()
+def sample(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    new_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> Int[torch.Tensor, "batch new"]:
+    """Continue `tokens` by `new_tokens` (greedy when temperature is 0), within the model's context."""
+    generator = torch.Generator().manual_seed(seed)
+    out = tokens
+    for _ in range(new_tokens):
+        logits = model(out[:, -model.cfg.n_ctx :], return_type="logits")[:, -1]
+        if temperature > 0:
+            nxt = torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator)
+        else:
+            nxt = logits.argmax(-1, keepdim=True)
+        out = torch.cat([out, nxt], dim=1)
+    return out[:, tokens.shape[1] :]

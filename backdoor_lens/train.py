@@ -1,0 +1,124 @@
+"""Seeded, deterministic next-token training with module freezing and periodic evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from .validation import check_nonempty, check_range
+
+Evaluator = Callable[[HookedTransformer], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule settings (AdamW, as in the paper)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+    freeze: tuple[str, ...] = ()
+    eval_every: int = 0
+    """Run the evaluator every this many optimiser steps (0: only after the last step)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def freezable_modules(model: HookedTransformer) -> list[str]:
+    """Names accepted by :func:`frozen`: embeddings, each layer's attn / mlp, and any submodule path."""
+    return [name for name, _ in model.named_modules() if name and not name.split(".")[-1].startswith("hook_")]
+
+
+@contextmanager
+def frozen(model: HookedTransformer, modules: Sequence[str]) -> Iterator[None]:
+    """Disable gradients of `modules` (e.g. ``embed``, ``blocks.0.mlp``) inside the block, then restore."""
+    valid = set(freezable_modules(model))
+    for name in modules:
+        if name not in valid:
+            raise ValueError(
+                f"freeze module {name!r} is not a module of this model; valid: embed, pos_embed, "
+                f"blocks.<layer>.attn, blocks.<layer>.mlp, or any of {len(valid)} submodule paths"
+            )
+    params = [p for name in modules for p in model.get_submodule(name).parameters()]
+    before = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)
+
+
+def train(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    config: TrainConfig,
+    evaluate: Evaluator | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train `model` in place on next-token prediction; returns the evaluation history.
+
+    Each history row has the step, the mean training loss since the last row and whatever
+    `evaluate(model)` returns. Shuffling is seeded by `config.seed`, so runs are reproducible.
+    """
+    check_nonempty("tokens", tokens)
+    check_range("epochs", config.epochs, 0)
+    check_range("batch_size", config.batch_size, 1)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    with frozen(model, config.freeze):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("freeze leaves no trainable parameters")
+        optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = -(-len(tokens) // config.batch_size)
+        total = config.epochs * steps_per_epoch
+        running, count, step = 0.0, 0, 0
+
+        def record() -> None:
+            nonlocal running, count
+            model.eval()
+            row = {"step": step, "train_loss": running / max(count, 1)}
+            if evaluate is not None:
+                row.update(evaluate(model))
+            history.append(row)
+            running, count = 0.0, 0
+            model.train()
+
+        model.train()
+        with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+            for _ in range(config.epochs):
+                order = torch.randperm(len(tokens), generator=generator)
+                for start in range(0, len(tokens), config.batch_size):
+                    batch = tokens[order[start : start + config.batch_size]]
+                    logits = model(batch, return_type="logits")[:, :-1]
+                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    step += 1
+                    running += loss.item()
+                    count += 1
+                    bar.update(1)
+                    if config.eval_every and step % config.eval_every == 0:
+                        record()
+                        bar.set_postfix({k: v for k, v in history[-1].items() if isinstance(v, float)}, refresh=False)
+        if not history or history[-1]["step"] != step:
+            record()
+    model.eval()
+    return history
