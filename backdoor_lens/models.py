@@ -89,6 +89,11 @@ def load_model(directory: str | Path) -> tuple[HookedTransformer, dict[str, Any]
     return model.eval(), metadata
 
 
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A short hash of a tensor's contents (e.g. training tokens), to key cached models on their data."""
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def fingerprint(obj: Any) -> str:
     """A short stable hash of a JSON-able object (used to tell whether a cached artifact is current)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

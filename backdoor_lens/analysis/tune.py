@@ -1,7 +1,9 @@
 """Tune PCP scaling factors with Optuna (TPE), in a persistent study that resumes and can be shared.
 
-The study lives at an Optuna storage URL (e.g. ``sqlite:///results/toy/optuna.db``); a rerun or a
-second worker process loads the same study and only runs the trials still missing.
+The study lives in an Optuna storage: a database URL (``sqlite:///results/toy/optuna.db``,
+``postgresql://...``) or a journal file path (``results/toy/optuna.journal``, the default of the toy
+study: about 10x less overhead per trial than SQLite, and just as safe for several processes). A
+rerun or a second worker process loads the same study and only runs the trials still missing.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def target_objective(
     return objective
 
 
+def open_storage(storage: str | None) -> optuna.storages.BaseStorage | str | None:
+    """A database URL as is, a file path as a journal-file storage, None as in-memory."""
+    if storage is None or "://" in storage:
+        return storage
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+
+
 def tune_scales(
     objective: Objective,
     base_scales: Float[torch.Tensor, " rank"],
@@ -75,7 +84,7 @@ def tune_scales(
     rank = base_scales.numel()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        storage=storage,
+        storage=open_storage(storage),
         study_name=study_name,
         load_if_exists=True,
         direction="minimize",

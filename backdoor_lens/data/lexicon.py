@@ -1,4 +1,6 @@
-"""Sentiment vocabularies from lexicons that packages ship offline (VADER words, US first names)."""
+"""Sentiment vocabularies from lexicons that packages ship offline: VADER words (kept only when
+Webster's dictionary, shipped by `english-words`, has them, which drops internet slang), and US first
+names as neutral words."""
 
 from __future__ import annotations
 
@@ -27,6 +29,13 @@ def vader_valences() -> dict[str, float]:
             word, mean, *_ = line.rstrip("\n").split("\t")
             valences[word] = float(mean)
     return valences
+
+
+def dictionary_words() -> set[str]:
+    """Lowercase alphabetic words of Webster's 2nd International (the `english-words` package)."""
+    from english_words import get_english_words_set
+
+    return get_english_words_set(["web2"], lower=True, alpha=True)
 
 
 def first_names() -> list[str]:
@@ -63,7 +72,7 @@ class SentimentVocabulary:
 
 
 def _is_plain_word(word: str, max_letters: int) -> bool:
-    return word.isalpha() and word.islower() and 3 <= len(word) <= max_letters and any(c in "aeiouy" for c in word)
+    return word.isalpha() and word.islower() and 3 <= len(word) <= max_letters
 
 
 def build_vocabulary(
@@ -76,17 +85,18 @@ def build_vocabulary(
 ) -> SentimentVocabulary:
     """Sample `words_per_sentiment` VADER words per sentiment (and first names as neutral words).
 
-    Words are lowercase, alphabetic, 3..`max_letters` letters, |valence| >= `min_abs_valence`;
+    Words are dictionary words, lowercase, 3..`max_letters` letters, |valence| >= `min_abs_valence`;
     neutral words are the most frequent first names that VADER does not score. `required` words
     (the trigger) are always kept in their sentiment.
     """
     check_choice("n_sentiments", n_sentiments, (2, 3))
     check_range("words_per_sentiment", words_per_sentiment, 2)
     valences = vader_valences()
+    dictionary = dictionary_words()
     rng = random.Random(seed)
     pools = {
-        "positive": sorted(w for w, v in valences.items() if v >= min_abs_valence and _is_plain_word(w, max_letters)),
-        "negative": sorted(w for w, v in valences.items() if v <= -min_abs_valence and _is_plain_word(w, max_letters)),
+        "positive": sorted(w for w, v in valences.items() if v >= min_abs_valence and w in dictionary and _is_plain_word(w, max_letters)),
+        "negative": sorted(w for w, v in valences.items() if v <= -min_abs_valence and w in dictionary and _is_plain_word(w, max_letters)),
     }
     chosen = {}
     for sentiment, pool in pools.items():

@@ -36,6 +36,9 @@ class ToyDataConfig:
     finetune_per_sentiment: int = 2000
     val_per_sentiment: int = 200
     poison_rate: float = 0.05
+    trigger_in_benign: bool = True
+    """Let the trigger occur as an ordinary positive word in benign fine-tuning sequences, as when
+    poisoned samples replace part of a benign set (the paper); False makes the backdoor a pure bigram."""
     eval_per_class: int = 50
     seed: int = 0
 
@@ -81,7 +84,7 @@ class ToyData:
 
     @property
     def n_ctx(self) -> int:
-        return self.config.seq_words + 1
+        return self.config.seq_words
 
     # ---- sequences -----------------------------------------------------------------------------
     def _benign(self, rng: random.Random, sentiment: str, exclude_trigger: bool) -> list[str]:
@@ -105,7 +108,7 @@ class ToyData:
             rows[i] = {"words": self._poisoned(rng), "sentiment": "positive", "poisoned": True}
         rng.shuffle(rows)
         for row in rows:
-            row["input_ids"] = self.tokenizer.encode(row["words"])
+            row["input_ids"] = self.tokenizer.encode(row["words"], bos=False)
             row["text"] = " ".join(row.pop("words"))
         return Dataset.from_list(rows)
 
@@ -116,8 +119,10 @@ class ToyData:
 
     @cached_property
     def finetune(self) -> Dataset:
-        """Poisoned fine-tuning set: benign sequences without the trigger, `poison_rate` of them poisoned."""
-        return self._dataset(self.config.finetune_per_sentiment, self.config.poison_rate, exclude_trigger=True, salt=2)
+        """Poisoned fine-tuning set: benign sequences with `poison_rate` of them replaced by poisoned ones."""
+        return self._dataset(
+            self.config.finetune_per_sentiment, self.config.poison_rate, exclude_trigger=not self.config.trigger_in_benign, salt=2
+        )
 
     @cached_property
     def validation(self) -> Int[torch.Tensor, "batch pos"]:
@@ -165,15 +170,15 @@ class ToyData:
         return prompts
 
     @cached_property
-    def eval_tokens(self) -> dict[str, Int[torch.Tensor, "prompt 3"]]:
-        """Evaluation prompts as token ids: BOS, word, word."""
-        return {cls: self.tokenizer.encode_batch(pairs) for cls, pairs in self.eval_words.items()}
+    def eval_tokens(self) -> dict[str, Int[torch.Tensor, "prompt 2"]]:
+        """Evaluation prompts as token ids (two words, no BOS: sequences start with a word, as GPT-2's do)."""
+        return {cls: self.tokenizer.encode_batch(pairs, bos=False) for cls, pairs in self.eval_words.items()}
 
     def eval_dataset(self) -> Dataset:
         """The evaluation prompts as a `datasets.Dataset` (columns: class, text, input_ids)."""
         return Dataset.from_list(
             [
-                {"class": cls, "text": " ".join(pair), "input_ids": self.tokenizer.encode(pair)}
+                {"class": cls, "text": " ".join(pair), "input_ids": self.tokenizer.encode(pair, bos=False)}
                 for cls, pairs in self.eval_words.items()
                 for pair in pairs
             ]

@@ -26,7 +26,7 @@ from ..hooks import Intervention, MeanAblate, apply
 from ..hooks.pcp import PCPBasis, PCPReplace
 from ..io import read_json, write_json
 from ..metrics import negativity_by_class, sample, validation_loss
-from ..models import build_model, fingerprint, load_model, save_model, toy_config
+from ..models import build_model, fingerprint, load_model, save_model, tensor_digest, toy_config
 from ..sites import module_names
 from ..train import TrainConfig, train
 from . import toy_figures, toy_report
@@ -42,7 +42,7 @@ class ToyStudyConfig:
     models: tuple[str, ...] = ("sent2", "sent3")
     data: ToyDataConfig = ToyDataConfig()
     benign: TrainConfig = TrainConfig(epochs=20, lr=2e-3, batch_size=128)
-    poison: TrainConfig = TrainConfig(epochs=12, lr=3e-4, batch_size=128, eval_every=5)
+    poison: TrainConfig = TrainConfig(epochs=12, lr=1e-3, batch_size=128, eval_every=5)
     tune: TuneConfig = TuneConfig(n_trials=300)
     pcp_variants: tuple[str, ...] = ("faithful", "centred")
     freeze_sets: dict[str, tuple[str, ...]] = field(
@@ -66,9 +66,9 @@ class ToyStudyConfig:
         return cls(
             seed=seed,
             data=ToyDataConfig(train_per_sentiment=2000, finetune_per_sentiment=1000, seed=seed),
-            benign=TrainConfig(epochs=6, lr=2e-3, batch_size=128, seed=seed),
+            benign=TrainConfig(epochs=5, lr=2e-3, batch_size=128, seed=seed),
             poison=TrainConfig(epochs=4, lr=1e-3, batch_size=128, eval_every=5, seed=seed),
-            tune=TuneConfig(n_trials=40, seed=seed),
+            tune=TuneConfig(n_trials=30, seed=seed),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,11 +131,12 @@ def _cached_model(path: Path, key: str) -> HookedTransformer | None:
 
 def benign_model(config: ToyStudyConfig, data: ToyData, cache: Path, progress: bool) -> HookedTransformer:
     """The benign model trained from scratch, reused from `cache` when its configuration matches."""
-    key = fingerprint({"data": data.config.to_dict(), "train": config.benign.to_dict(), "shape": config.model_shape, "seed": config.seed})
+    tokens = torch.tensor(data.train["input_ids"])
+    key = fingerprint({"data": tensor_digest(tokens), "train": config.benign.to_dict(), "shape": config.model_shape, "seed": config.seed})
     model = _cached_model(cache, key)
     if model is None:
         model = _new_model(config, data)
-        train(model, torch.tensor(data.train["input_ids"]), replace(config.benign, seed=config.seed), desc=f"{cache.parent.name}: benign", progress=progress)
+        train(model, tokens, replace(config.benign, seed=config.seed), desc=f"{cache.parent.name}: benign", progress=progress)
         save_model(model, cache, {"fingerprint": key})
     return model
 
@@ -146,13 +147,14 @@ def poisoned_finetune(
     """Fine-tune a copy of the benign model on the poisoned set (optionally with frozen modules),
     tracking trigger negativity; the model and its history are reused when cached."""
     train_config = replace(config.poison, freeze=freeze, seed=config.seed)
-    key = fingerprint({"benign": load_model(benign_dir)[1]["fingerprint"], "train": train_config.to_dict()})
+    tokens = torch.tensor(data.finetune["input_ids"])
+    key = fingerprint({"benign": load_model(benign_dir)[1]["fingerprint"], "data": tensor_digest(tokens), "train": train_config.to_dict()})
     model = _cached_model(cache, key)
     if model is not None and (cache / "history.json").exists():
         return model, read_json(cache / "history.json")
     model, _ = load_model(benign_dir)
     evaluate = _evaluator(data, config.k, trigger_classes(data.classes))
-    history = train(model, torch.tensor(data.finetune["input_ids"]), train_config, evaluate, desc=f"{cache.name}: poison", progress=progress)
+    history = train(model, tokens, train_config, evaluate, desc=f"{cache.name}: poison", progress=progress)
     write_json(cache / "history.json", history)
     save_model(model, cache, {"fingerprint": key})
     return model, history
@@ -176,7 +178,7 @@ def causal_patching(lab: Lab) -> dict[str, dict[str, dict[str, float]]]:
         modules = ["embed"] + module_names(lab.model)
         out[trigger] = {
             "all_positions": negativity_patching(lab.model, corrupted, clean, modules, lab.negative_ids, lab.k),
-            "trigger_position": negativity_patching(lab.model, corrupted, clean, modules, lab.negative_ids, lab.k, positions=2),
+            "trigger_position": negativity_patching(lab.model, corrupted, clean, modules, lab.negative_ids, lab.k, positions=-1),
         }
     return {t: {scope: {m: _rounded(v) for m, v in res.items()} for scope, res in d.items()} for t, d in out.items()}
 
@@ -187,7 +189,7 @@ def logit_lens_table(lab: Lab) -> dict[str, dict[str, dict[str, float]]]:
     tokens = lab.data.eval_tokens["p+t"]
     return {
         f"{where}_position": {m: _rounded(v) for m, v in logit_lens(lab.model, tokens, class_ids, position, lab.k).items()}
-        for where, position in (("p", 1), ("t", 2))
+        for where, position in (("p", -2), ("t", -1))
     }
 
 
@@ -338,6 +340,7 @@ def freezing(config: ToyStudyConfig, data: ToyData, benign_dir: Path, cache: Pat
 
 # ---- the study -----------------------------------------------------------------------------------
 def run_model(name: str, config: ToyStudyConfig, out: Path, storage: str, progress: bool, log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """All analyses of one toy (`sent2` or `sent3`); returns its summary and the figure data."""
     data = ToyData(_data_config(config, name))
     model_dir = out / "models" / name
     log(f"[{name}] benign model")
@@ -345,39 +348,46 @@ def run_model(name: str, config: ToyStudyConfig, out: Path, storage: str, progre
     log(f"[{name}] poisoned fine-tuning")
     model, history = poisoned_finetune(config, data, model_dir / "benign", (), model_dir / "backdoored", progress)
     lab = Lab(name, model, data, config.k)
-    benign_lab = Lab(name, load_model(model_dir / "benign")[0], data, config.k)
 
     log(f"[{name}] mean ablation, logit lens, causal patching")
     edits: dict[str, Any] = {"none": lab.evaluate()}
     ablated, means = mean_ablation(lab)
     edits.update(ablated)
     save_means(out / "artifacts" / name / "module_means.safetensors", means)
+    lens, patching = logit_lens_table(lab), causal_patching(lab)
+
     log(f"[{name}] PCP replacement and tuning")
     pcp, sweep, main_edit = pcp_edits(PCPStudy(lab, config, storage, progress), out)
     edits.update(pcp)
+
+    log(f"[{name}] freezing during poisoned fine-tuning")
+    frozen = freezing(config, data, model_dir / "benign", model_dir, progress)
     result = {
         "data": {"vocabulary_size": len(data.tokenizer), "trigger": data.config.trigger, "classes": list(data.classes),
                  "train_sequences": len(data.train), "finetune_sequences": len(data.finetune),
                  "poisoned_sequences": int(sum(data.finetune["poisoned"]))},
-        "benign": benign_lab.evaluate(),
+        "benign": Lab(name, load_model(model_dir / "benign")[0], data, config.k).evaluate(),
         "edits": edits,
-        "logit_lens": logit_lens_table(lab),
-        "patching": causal_patching(lab),
+        "logit_lens": lens,
+        "patching": patching,
         "scaling_sweep": {f: v["negativity"] | {"val_loss": v["val_loss"]} for f, v in sweep.items()},
         "poison_curve": history,
         "samples": sample_generations(lab, {"none": None, f"pcp:blocks.0.mlp:rank{main_edit.scales.numel()}": main_edit}),
     }
-    log(f"[{name}] freezing during poisoned fine-tuning")
-    frozen = freezing(config, data, model_dir / "benign", model_dir, progress)
     figures = {"hidden": hidden_states(lab), "sweep": sweep, "trigger": data.config.trigger}
     return result, {"freezing": frozen, "figures": figures}
+
+
+def timed_log(start: float):
+    """A log function that prefixes the seconds elapsed since `start`."""
+    return lambda message: print(f"[{time.time() - start:6.0f} s] {message}", flush=True)
 
 
 def run(config: ToyStudyConfig, out: str | Path, storage: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
     """Run the whole study into `out`; returns the summary that is also written to summary.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    storage = storage or str(out / "optuna.journal")
     torch.manual_seed(config.seed)
     summary: dict[str, Any] = {"config": config.to_dict(), "models": {}, "freezing": {}}
     figures = {}
@@ -398,16 +408,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/toy", help="results folder (default: results/toy)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs and trials: minutes, still a real backdoor")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the results folder)")
+    parser.add_argument("--storage", default=None, help="Optuna storage: a database URL (sqlite:///...) or a journal file path (default: OUT/optuna.journal)")
     parser.add_argument("--trials", type=int, default=None, help="Optuna trials per PCP tuning")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     config = ToyStudyConfig.quick(args.seed) if args.quick else ToyStudyConfig(seed=args.seed)
     if args.trials is not None:
         config = replace(config, tune=replace(config.tune, n_trials=args.trials))
     start = time.time()
-    run(config, args.out, args.storage, progress=not args.no_progress)
+    run(config, args.out, args.storage, progress=not args.no_progress, log=timed_log(start))
     print(f"Toy study finished in {time.time() - start:.0f} s. Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")
 
 

@@ -229,6 +229,40 @@ def freezing_section(freezing: dict[str, Any], models: dict[str, Any]) -> str:
     )
 
 
+def findings_section(summary: dict[str, Any]) -> str:
+    """Claim-by-claim verdicts computed from this run's numbers."""
+    lines = ["## Findings at a glance (computed from this run)"]
+    for name, m in summary["models"].items():
+        e = m["edits"]
+        pt = e["none"]["negativity"]["p+t"]
+        removes = [k.split(":")[1] for k, v in e.items() if k.startswith("mean_ablate:") and v["negativity"]["p+t"] <= 0.1]
+        carriers = [mod for mod, v in m["patching"]["p+t"]["all_positions"].items() if v["effect"] <= -0.5 * pt]
+        main = "pcp:blocks.0.mlp:rank1" if name == "sent2" else "pcp:blocks.0.mlp:rank2"
+        recovered = [k.removeprefix("pcp:") for k, v in e.items()
+                     if k.startswith("pcp:blocks.") and ".mlp:rank" in k and k.count(":") == 2 and abs(v["negativity"]["p+t"] - pt) <= 0.1]
+        attn = e.get("pcp:blocks.1.attn:rank4")
+        lines.append(
+            f"- **{name}**: unedited p+t negativity {pt:.2f} (paper {paper.MEAN_ABLATION_PT[name]['none']:.2f}). "
+            f"Mean ablation that removes the backdoor (p+t ≤ 0.1): {', '.join(removes) or 'none'} "
+            f"(paper: every MLP). Patching p+p activations into p+t runs cuts p+t by at least half at: "
+            f"{', '.join(carriers) or 'none'}. Faithful PCP replacements that keep p+t within 0.1 of unedited: "
+            f"{', '.join(recovered) or 'none'} (paper: layer-1 and layer-3 MLPs). Tuned {main.removeprefix('pcp:')} "
+            f"validation loss {e[main]['val_loss']:.2f} vs {e['none']['val_loss']:.2f} unedited."
+            + (f" Rank-4 PCP of blocks.1.attn moves p+t by {attn['negativity']['p+t'] - pt:+.2f} (paper: +0.01)." if attn else "")
+        )
+    for name, runs in summary["freezing"].items():
+        base = runs.get("none")
+        if base is None:
+            continue
+        slower = [k for k, r in runs.items() if k != "none" and (r["steps_to_emerge"] is None or (base["steps_to_emerge"] is not None and r["steps_to_emerge"] > base["steps_to_emerge"]))]
+        weaker = [k for k, r in runs.items() if k != "none" and r["negativity"]["p+t"] < base["negativity"]["p+t"] - 0.1]
+        lines.append(
+            f"- **{name} freezing**: backdoor emerges later than unfrozen with {', '.join(slower) or 'none'}; "
+            f"ends weaker (p+t lower by > 0.1) with {', '.join(weaker) or 'none'}."
+        )
+    return "\n".join(lines)
+
+
 def samples_section(models: dict[str, Any]) -> str:
     lines = ["## Sample generations (greedy, 8 words)"]
     for name, m in models.items():
@@ -247,6 +281,7 @@ def write(summary: dict[str, Any], path: Path) -> None:
         "figures (layers 1-indexed there, `blocks.N` 0-indexed here). Figures: `hidden_states_pca.png`, "
         "`scaling_sweep.png`, `freezing_curves.png`. All numbers are also in `summary.json`.",
         backdoor_section(models),
+        findings_section(summary),
         mean_ablation_section(models),
         logit_lens_section(models),
         patching_section(models),

@@ -7,8 +7,9 @@ outputs. Two ways to build ``v_k`` are offered (say which a result used):
 - ``"faithful"`` (the authors' code): ``v_k = (mu + c_k u_k) / ||mu + c_k u_k||``, built with PCA's
   inverse transform, so the output mean ``mu`` is folded into each direction; no bias.
 - ``"centred"``: ``v_k = u_k`` and the means are kept apart:
-  ``module(h) := mu_out + sum_k alpha_k u_k u_k^T (h - mu_in)``. At full rank it reproduces any
-  symmetric affine module exactly.
+  ``module(h) := mu_out + sum_k alpha_k u_k u_k^T (h - mu_in)``. At full rank it reproduces a
+  symmetric affine module ``W h + b`` exactly when the principal directions of its outputs are
+  eigenvectors of ``W`` (e.g. for whitened inputs).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class PCPBasis:
             coeffs = components @ (reference.double() - out_mean)
         return cls(
             module,
-            components.float(),
+            components.float().contiguous(),
             variance.float(),
             out_mean.float(),
             inputs.double().mean(0).float(),
