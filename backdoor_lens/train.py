@@ -13,7 +13,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .validation import check_nonempty, check_range
+from .validation import check_choice, check_nonempty, check_range
 
 Evaluator = Callable[[HookedTransformer], dict[str, Any]]
 
@@ -30,6 +30,8 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()
     eval_every: int = 0
     """Run the evaluator every this many optimiser steps (0: only after the last step)."""
+    schedule: str = "linear"
+    """Learning-rate schedule: "linear" decay to 0 (Hugging Face Trainer's default) or "constant"."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +79,7 @@ def train(
     check_nonempty("tokens", tokens)
     check_range("epochs", config.epochs, 0)
     check_range("batch_size", config.batch_size, 1)
+    check_choice("schedule", config.schedule, ("linear", "constant"))
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     with frozen(model, config.freeze):
@@ -86,6 +89,8 @@ def train(
         optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = -(-len(tokens) // config.batch_size)
         total = config.epochs * steps_per_epoch
+        decay = (lambda step: 1.0 - step / max(total, 1)) if config.schedule == "linear" else (lambda step: 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
         running, count, step = 0.0, 0, 0
 
         def record() -> None:
@@ -111,6 +116,7 @@ def train(
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
+                    scheduler.step()
                     step += 1
                     running += loss.item()
                     count += 1
