@@ -10,7 +10,7 @@ from transformer_lens import HookedTransformer
 
 from pathlib import Path
 
-from .io import load_tensors, save_tensors
+from .io import load_artifact, save_artifact
 from .sites import resolve_site
 from .validation import check_nonempty
 
@@ -93,11 +93,9 @@ def module_means(
 
 def save_means(path: str | Path, means: dict[str, torch.Tensor]) -> None:
     """Save module means (for MeanAblate) as safetensors keyed by module name."""
-    save_tensors(path, means, {"kind": "module_means"})
+    save_artifact(path, "module_means", means)
 
 
 def load_means(path: str | Path) -> dict[str, torch.Tensor]:
-    tensors, metadata = load_tensors(path)
-    if metadata.get("kind") != "module_means":
-        raise ValueError(f"path={str(path)!r} does not hold module means (kind={metadata.get('kind')!r})")
-    return tensors
+    """Module means saved by :func:`save_means`."""
+    return load_artifact(path, "module_means")[0]

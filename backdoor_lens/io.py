@@ -59,3 +59,16 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     with safe_open(str(path), framework="pt") as f:
         metadata = json.loads((f.metadata() or {}).get("json", "{}"))
     return load_file(str(path)), metadata
+
+
+def save_artifact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor], **metadata: Any) -> None:
+    """Save a fitted artifact (means, PCA basis, PCP edit): tensors plus its `kind` and metadata."""
+    save_tensors(path, tensors, {"kind": kind, **metadata})
+
+
+def load_artifact(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load an artifact saved by :func:`save_artifact`, checking it is of the expected `kind`."""
+    tensors, metadata = load_tensors(path)
+    if metadata.get("kind") != kind:
+        raise ValueError(f"path={str(path)!r} holds kind={metadata.get('kind')!r}, not {kind!r}")
+    return tensors, metadata

@@ -224,9 +224,9 @@ def test_loading_wrong_kind_raises(mlp_io, tmp_path):
     basis_path, replace_path = tmp_path / "basis.safetensors", tmp_path / "replace.safetensors"
     basis.save(basis_path)
     basis.replacement([1.0, 2.0]).save(replace_path)
-    with pytest.raises(ValueError, match="PCP basis"):
+    with pytest.raises(ValueError, match="pcp_basis"):
         PCPBasis.load(replace_path)
-    with pytest.raises(ValueError, match="PCP replacement"):
+    with pytest.raises(ValueError, match="pcp_replace"):
         PCPReplace.load(basis_path)
     with pytest.raises(ValueError, match="module means"):
         load_means(basis_path)

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from ..io import load_tensors, save_tensors
+from ..io import load_artifact, save_artifact
 from ..sites import resolve_site
 from ..validation import check_choice, check_finite, check_last_dim, check_nonempty, check_range
 from .core import Hook
@@ -78,13 +78,11 @@ class PCPReplace:
     def save(self, path: str | Path) -> None:
         """Save the fitted replacement (directions, scales, means) as safetensors to share or re-apply."""
         tensors = {k: getattr(self, k) for k in ("directions", "scales", "in_mean", "out_mean") if getattr(self, k) is not None}
-        save_tensors(path, tensors, {"module": self.module, "kind": "pcp_replace"})
+        save_artifact(path, "pcp_replace", tensors, module=self.module)
 
     @classmethod
     def load(cls, path: str | Path) -> "PCPReplace":
-        tensors, metadata = load_tensors(path)
-        if metadata.get("kind") != "pcp_replace":
-            raise ValueError(f"path={str(path)!r} does not hold a PCP replacement (kind={metadata.get('kind')!r})")
+        tensors, metadata = load_artifact(path, "pcp_replace")
         return cls(module=metadata["module"], **tensors)
 
 
@@ -194,11 +192,9 @@ class PCPBasis:
     def save(self, path: str | Path) -> None:
         """Save as safetensors (module name in the metadata)."""
         tensors = {k: getattr(self, k) for k in ("components", "explained_variance", "out_mean", "in_mean", "reference_coeffs")}
-        save_tensors(path, tensors, {"module": self.module, "kind": "pcp_basis"})
+        save_artifact(path, "pcp_basis", tensors, module=self.module)
 
     @classmethod
     def load(cls, path: str | Path) -> "PCPBasis":
-        tensors, metadata = load_tensors(path)
-        if metadata.get("kind") != "pcp_basis":
-            raise ValueError(f"path={str(path)!r} does not hold a PCP basis (kind={metadata.get('kind')!r})")
+        tensors, metadata = load_artifact(path, "pcp_basis")
         return cls(module=metadata["module"], **tensors)
