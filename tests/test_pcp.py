@@ -228,7 +228,7 @@ def test_loading_wrong_kind_raises(mlp_io, tmp_path):
         PCPBasis.load(replace_path)
     with pytest.raises(ValueError, match="pcp_replace"):
         PCPReplace.load(basis_path)
-    with pytest.raises(ValueError, match="module means"):
+    with pytest.raises(ValueError, match="module_means"):
         load_means(basis_path)
 
 
