@@ -40,8 +40,10 @@ class ToyStudyConfig:
 
     seed: int = 0
     models: tuple[str, ...] = ("sent2", "sent3")
-    data: ToyDataConfig = ToyDataConfig()
-    benign: TrainConfig = TrainConfig(epochs=20, lr=2e-3, batch_size=128)
+    data: ToyDataConfig = ToyDataConfig(train_per_sentiment=6000, finetune_per_sentiment=2000)
+    benign: TrainConfig = TrainConfig(epochs=6, lr=2e-3, batch_size=128)
+    """Fewer epochs than the paper's 20 over more sequences: 20 epochs over-fit our word sequences
+    (validation loss rose to ~6.0 from ~5.6)."""
     poison: TrainConfig = TrainConfig(epochs=12, lr=1e-3, batch_size=128, eval_every=5)
     tune: TuneConfig = TuneConfig(n_trials=300)
     pcp_variants: tuple[str, ...] = ("faithful", "centred")
@@ -57,6 +59,7 @@ class ToyStudyConfig:
         }
     )
     emergence_threshold: float = 0.5
+    """The backdoor has emerged once p+t negativity reaches this during poisoned fine-tuning."""
     k: int = 10
     model_shape: dict[str, int] = field(default_factory=lambda: {"n_layers": 3, "n_heads": 4, "d_model": 64})
 
@@ -84,15 +87,15 @@ class Lab:
         self.triggers = trigger_classes(data.classes)
 
     def negativity(self, *edits: Intervention) -> dict[str, float]:
+        """Top-k negativity per evaluation class with `edits` applied."""
         with apply(self.model, *edits):
             return negativity_by_class(self.model, self.data.eval_tokens, self.negative_ids, self.k)
 
     def evaluate(self, *edits: Intervention) -> dict[str, Any]:
+        """Negativity per class and validation loss with `edits` applied (rounded for the summary)."""
         with apply(self.model, *edits):
-            return {
-                "negativity": _rounded(negativity_by_class(self.model, self.data.eval_tokens, self.negative_ids, self.k)),
-                "val_loss": round(validation_loss(self.model, self.data.validation), 4),
-            }
+            val_loss = validation_loss(self.model, self.data.validation)
+        return {"negativity": _rounded(self.negativity(*edits)), "val_loss": round(val_loss, 4)}
 
     def stacked(self, classes: tuple[str, ...]) -> torch.Tensor:
         return torch.cat([self.data.eval_tokens[c] for c in classes])
@@ -326,7 +329,7 @@ def freezing(config: ToyStudyConfig, data: ToyData, benign_dir: Path, cache: Pat
     for label, modules in config.freeze_sets.items():
         path = cache / ("backdoored" if not modules else f"freeze_{label}")
         model, history = poisoned_finetune(config, data, benign_dir, modules, path, progress)
-        first = next((row["step"] for row in history if max(row[t] for t in trigger_classes(data.classes)) >= config.emergence_threshold), None)
+        first = next((row["step"] for row in history if row["p+t"] >= config.emergence_threshold), None)
         lab = Lab("freeze", model, data, config.k)
         out[label] = {
             "frozen": list(modules),

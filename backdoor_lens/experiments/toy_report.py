@@ -158,9 +158,9 @@ def sweep_section(models: dict[str, Any]) -> str:
         "## Table V: scaling one PCP factor (sent2, rank-1 PCP of the layer-1 MLP)\n\n"
         "The tuned scale multiplied by a relative factor.\n\n"
         + markdown_table(["factor", "p+t ours", "p+t paper", "", "val loss ours", "val loss paper"], rows)
-        + f"\n\nOver the full sweep 0.0–1.5 (figure `scaling_sweep.png`) p+t negativity is "
-        f"{'monotonically non-decreasing' if monotone else 'NOT monotone'} in the factor "
-        f"(from {pts[0]:.2f} to {pts[-1]:.2f}); the paper reports a monotone rise."
+        + f"\n\nOver the full sweep 0.0–1.5 (figure `scaling_sweep.png`) p+t negativity spans "
+        f"{min(pts):.2f}–{max(pts):.2f} and is {'monotone non-decreasing' if monotone else 'not monotone'} in the "
+        "factor; the paper's rises monotonically from 0.00 to 0.42 over 0.6–1.1."
     )
 
 
@@ -214,17 +214,17 @@ def minimise_section(models: dict[str, Any]) -> str:
     )
 
 
-def freezing_section(freezing: dict[str, Any], models: dict[str, Any]) -> str:
+def freezing_section(summary: dict[str, Any]) -> str:
     rows = []
-    for name, runs in freezing.items():
+    for name, runs in summary["freezing"].items():
         for label, r in runs.items():
             neg = r["negativity"]
             rows.append([name, label, neg.get("p+t"), neg.get("s+t"), neg.get("n+n"), neg.get("p+p"), r["val_loss"],
                          r["steps_to_emerge"] if r["steps_to_emerge"] is not None else "never", r["total_steps"]])
     return (
         "## Freezing modules during poisoned fine-tuning\n\n"
-        f"Paper (text only): {paper.FREEZING_CLAIM} Steps to emerge = first evaluation step at which a "
-        "trigger class reaches the emergence threshold (see config). Curves: `freezing_curves.png`.\n\n"
+        f"Paper (text only): {paper.FREEZING_CLAIM} Steps to emerge = first evaluation step at which p+t "
+        f"negativity reaches {summary['config']['emergence_threshold']}. Curves: `freezing_curves.png`.\n\n"
         + markdown_table(["model", "frozen", "p+t", "s+t", "n+n", "p+p", "val loss", "steps to emerge", "total steps"], rows)
     )
 
@@ -290,7 +290,7 @@ def write(summary: dict[str, Any], path: Path) -> None:
         sign_flip_section(models),
         attention_section(models),
         minimise_section(models),
-        freezing_section(summary["freezing"], models),
+        freezing_section(summary),
         samples_section(models),
     ]
     write_text(path, "\n\n".join(s for s in sections if s) + "\n")
