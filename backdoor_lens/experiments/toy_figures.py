@@ -37,7 +37,8 @@ def hidden_state_pca(figures: dict[str, dict[str, Any]], path: Path) -> None:
 
 def scaling_sweep(figures: dict[str, dict[str, Any]], path: Path) -> None:
     """Trigger negativity and validation loss as the first PCP scaling factor varies (Table V)."""
-    fig, axes = plt.subplots(1, len(figures), figsize=(6 * len(figures), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(figures), figsize=(7 * len(figures), 4.5), squeeze=False)
+    fig.subplots_adjust(wspace=0.45)
     for ax, (name, fig_data) in zip(axes[0], figures.items()):
         sweep = fig_data["sweep"]
         factors = [float(f) for f in sweep]
