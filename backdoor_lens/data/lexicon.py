@@ -14,7 +14,7 @@ from ..validation import check_choice, check_range
 SENTIMENTS = ("positive", "negative", "neutral")
 
 
-def _package_file(package: str, name: str) -> Path:
+def package_file(package: str, name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ImportError(f"package {package!r} is not installed; `pip install {package}` ships {name}")
@@ -24,7 +24,7 @@ def _package_file(package: str, name: str) -> Path:
 def vader_valences() -> dict[str, float]:
     """Word -> mean valence from the VADER lexicon (vaderSentiment ships it)."""
     valences = {}
-    with open(_package_file("vaderSentiment", "vader_lexicon.txt"), encoding="utf-8") as f:
+    with open(package_file("vaderSentiment", "vader_lexicon.txt"), encoding="utf-8") as f:
         for line in f:
             word, mean, *_ = line.rstrip("\n").split("\t")
             valences[word] = float(mean)
@@ -42,7 +42,7 @@ def first_names() -> list[str]:
     """US first names, most frequent first (the `names` package ships the census lists)."""
     ranked = []
     for fname in ("dist.male.first", "dist.female.first"):
-        with open(_package_file("names", fname), encoding="utf-8") as f:
+        with open(package_file("names", fname), encoding="utf-8") as f:
             ranked += [(float(line.split()[1]), line.split()[0].lower()) for line in f if line.strip()]
     seen: dict[str, None] = {}
     for _, name in sorted(ranked, key=lambda t: -t[0]):
