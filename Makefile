@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 QUICK ?=
 TOY_ARGS := $(if $(QUICK),--quick,)
 
-.PHONY: install toy test clean
+.PHONY: install toy test bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ toy: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Speed and memory of head attribution (reference loop, transformer_lens.patching, fast exact, attribution).
+bench: $(STAMP)
+	$(PY) benchmarks/bench_baha.py --out results/bench/baha.json
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -6,7 +6,11 @@ removes them, even when a hook raises, leaving hooks that were added before unto
 
 from .ablate import MeanAblate, ZeroAblate
 from .core import Intervention, apply, hooks_of
+from .heads import HeadAblate, PerRow
 from .patch import Patch
 from .pcp import PCPReplace
+from .steer import Steer
 
-__all__ = ["Intervention", "apply", "hooks_of", "MeanAblate", "ZeroAblate", "Patch", "PCPReplace"]
+__all__ = [
+    "Intervention", "apply", "hooks_of", "MeanAblate", "ZeroAblate", "Patch", "PCPReplace", "HeadAblate", "PerRow", "Steer",
+]

@@ -1,0 +1,292 @@
+"""BAHA, Backdoor Attention Head Attribution (METHODS.md section 2), and the backdoor vector.
+
+Head (l, j)'s output at the last prompt position p is ``h_lj(x) = z_lj(x)[p] @ W_O[l, j]``; ``mu_lj``
+is its mean over triggered inputs. On clean inputs, BAHA patches each head's contribution at p to
+``mu_lj`` (adds ``mu_lj - h_lj(x)`` to ``blocks.{l}.hook_attn_out`` at p) and scores the causal
+indirect effect ``CIE_lj = mean_x [P_patched(x) - P(x)]``, with P the geometric-mean probability of
+the backdoor target (:func:`~backdoor_lens.analysis.scoring.target_score`).
+
+Three routes compute the same [n_layers, n_heads] table:
+
+- ``reference``: one forward pass per head (the authors' loop); the oracle.
+- ``fast``: exact. A patch at layer l changes only ``resid_mid[l]`` at p, so from one cached clean
+  run it recomputes layer l's MLP at p alone and runs the stacked copies of the batch (one per head
+  of the layer, `batch_heads` at a time) from layer l + 1 with ``start_at_layer``.
+- ``attribution``: attribution patching (AtP), all heads from one forward and one backward pass,
+  optionally with AtP*'s GradDrop.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities.activation_functions import apply_softcap
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from ..validation import check_choice, check_finite, check_range
+from .scoring import TargetBatch, score_at_positions, target_score
+
+METHODS = ("reference", "fast", "attribution")
+
+
+def _forward(model: HookedTransformer, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Logits without an attention mask: right padding needs none (see scoring), and a tokenizer set
+    to left padding would otherwise add one, shifting rotary positions relative to ``start_at_layer``."""
+    return model(tokens, padding_side="right", **kwargs)
+
+
+def _check_model(model: HookedTransformer) -> None:
+    """Head outputs add up to ``hook_attn_out`` only without a norm between the heads and that hook."""
+    cfg = model.cfg
+    if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"model ({cfg.original_architecture or cfg.model_name}) normalises the attention output before "
+            "hook_attn_out, so head outputs are not additive there; BAHA needs a pre-norm model"
+        )
+
+
+def _prepare(model: HookedTransformer, batch: TargetBatch, head_mu: torch.Tensor | None = None) -> TargetBatch:
+    """Check the model, the batch and `head_mu`; return the batch on the model's device."""
+    _check_model(model)
+    batch.check_fits(model)
+    if head_mu is not None:
+        expected = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model)
+        if tuple(head_mu.shape) != expected:
+            raise ValueError(f"head_mu has shape {tuple(head_mu.shape)}; expected {expected} (n_layers, n_heads, d_model)")
+        check_finite("head_mu", head_mu)
+    return batch.to(model.W_O.device)
+
+
+def _z_names(model: HookedTransformer) -> list[str]:
+    return [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+
+
+@torch.no_grad()
+def head_z_means(model: HookedTransformer, triggered: TargetBatch) -> Float[torch.Tensor, "n_layers n_heads d_head"]:
+    """Mean of every head's ``z`` at each row's last prompt token, over `triggered` inputs (the
+    values :class:`~backdoor_lens.hooks.HeadAblate` uses in mode "mean")."""
+    triggered = _prepare(model, triggered)
+    names = _z_names(model)
+    _, cache = model.run_with_cache(
+        triggered.tokens, names_filter=lambda n: n in names, return_type=None, padding_side="right"
+    )
+    rows = torch.arange(len(triggered), device=triggered.tokens.device)
+    return torch.stack([cache[n][rows, triggered.prompt_end].double().mean(0).float() for n in names])
+
+
+@torch.no_grad()
+def head_means(model: HookedTransformer, triggered: TargetBatch) -> Float[torch.Tensor, "n_layers n_heads d_model"]:
+    """``mu_lj``: the mean head output ``z @ W_O`` at the last prompt token over `triggered` inputs
+    (the mean of z times W_O, since a head's output is linear in its z)."""
+    z = head_z_means(model, triggered)
+    return torch.einsum("lhd,lhdm->lhm", z.to(model.W_O.dtype), model.W_O)
+
+
+def _deltas(
+    model: HookedTransformer, layer: int, z_at_p: Float[torch.Tensor, "batch n_heads d_head"], head_mu: torch.Tensor
+) -> Float[torch.Tensor, "n_heads batch d_model"]:
+    """``mu_lj - h_lj(x)`` for every head of `layer` and every row."""
+    h = torch.einsum("bhd,hdm->hbm", z_at_p, model.W_O[layer])
+    return head_mu[layer, :, None].to(h.dtype) - h
+
+
+@torch.no_grad()
+def baha_reference(
+    model: HookedTransformer, clean: TargetBatch, head_mu: Float[torch.Tensor, "n_layers n_heads d_model"]
+) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """CIE by the authors' loop: one hooked forward pass per head."""
+    clean = _prepare(model, clean, head_mu)
+    names = _z_names(model)
+    logits, cache = model.run_with_cache(clean.tokens, names_filter=lambda n: n in names, padding_side="right")
+    base = target_score(logits, clean)
+    rows, p = torch.arange(len(clean), device=clean.tokens.device), clean.prompt_end
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        deltas = _deltas(model, layer, cache[names[layer]][rows, p], head_mu)
+        for head in range(model.cfg.n_heads):
+
+            def add_delta(act: torch.Tensor, hook: HookPoint, delta: torch.Tensor = deltas[head]) -> torch.Tensor:
+                act = act.clone()
+                act[rows, p] += delta
+                return act
+
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", add_delta)]):
+                patched = target_score(_forward(model, clean.tokens), clean)
+            out[layer, head] = (patched - base).mean()
+    return out
+
+
+def _patched_resid_post(
+    model: HookedTransformer, layer: int, cache, rows: torch.Tensor, p: torch.Tensor, deltas: torch.Tensor
+) -> Float[torch.Tensor, "heads batch d_model"]:
+    """``resid_post[layer]`` at p after adding each delta to the attention output there: only the
+    MLP at p sees the change (attention and norms of other positions do not)."""
+    cfg, block = model.cfg, model.blocks[layer]
+    if cfg.attn_only or cfg.parallel_attn_mlp:  # the MLP reads resid_pre, untouched by the patch
+        return cache[f"blocks.{layer}.hook_resid_post"][rows, p] + deltas
+    mid = cache[f"blocks.{layer}.hook_resid_mid"][rows, p] + deltas  # [heads, batch, d_model]
+    return mid + block.apply_mlp(block.ln2(mid))  # position-wise: [heads, batch] act as [batch, pos]
+
+
+def _logits_at(model: HookedTransformer, resid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The final norm, unembedding and soft-cap of `resid` ([batch, pos, d_model]) at `positions`
+    ([batch, k]) only: [batch, k, d_vocab], without the full [batch, pos, d_vocab] logits."""
+    resid = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
+
+
+@torch.no_grad()
+def baha_fast(
+    model: HookedTransformer,
+    clean: TargetBatch,
+    head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
+    batch_heads: int | None = None,
+) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """Exact CIE from one cached clean run plus, per layer, the layers after it run on up to
+    `batch_heads` stacked copies of the batch (all heads of the layer when None).
+
+    Memory grows as batch_heads x batch x pos x d_model. ``start_at_layer`` skips the embedding, so
+    positional models without a residual positional embedding (rotary, as in Llama) are fine: each
+    attention layer derives rotary positions from the sequence index, as in the full pass. Hooks
+    already on the model fire in the resumed layers but not in layer l's recomputed MLP.
+    """
+    clean = _prepare(model, clean, head_mu)
+    cfg = model.cfg
+    if cfg.positional_embedding_type == "shortformer":
+        raise ValueError("method='fast' does not support shortformer positional embeddings; use method='reference'")
+    if batch_heads is not None and (not isinstance(batch_heads, int) or batch_heads < 1):
+        raise ValueError(f"batch_heads={batch_heads!r} must be a positive int (or None for all heads of a layer)")
+    chunk = batch_heads or cfg.n_heads
+    names = set(_z_names(model))
+    for layer in range(cfg.n_layers):
+        names |= {f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_resid_mid"}
+    logits, cache = model.run_with_cache(clean.tokens, names_filter=lambda n: n in names, padding_side="right")
+    base = target_score(logits, clean)
+    rows, p = torch.arange(len(clean), device=clean.tokens.device), clean.prompt_end
+    out = torch.zeros(cfg.n_layers, cfg.n_heads)
+    for layer in range(cfg.n_layers):
+        deltas = _deltas(model, layer, cache[f"blocks.{layer}.attn.hook_z"][rows, p], head_mu)
+        post = cache[f"blocks.{layer}.hook_resid_post"]
+        for start in range(0, cfg.n_heads, chunk):
+            heads = slice(start, min(start + chunk, cfg.n_heads))
+            new_at_p = _patched_resid_post(model, layer, cache, rows, p, deltas[heads])  # [k, batch, d]
+            k = new_at_p.shape[0]
+            resid = post.repeat(k, 1, 1)  # copy i * batch + b is head i's patch on row b
+            resid[torch.arange(k * len(clean), device=p.device), p.repeat(k)] = new_at_p.reshape(-1, cfg.d_model)
+            resid = model(resid, start_at_layer=layer + 1, stop_at_layer=cfg.n_layers)
+            stacked = TargetBatch(clean.tokens.repeat(k, 1), p.repeat(k), clean.target_len.repeat(k))
+            scores = score_at_positions(_logits_at(model, resid, stacked.score_positions), stacked)
+            out[layer, heads] = (scores.view(k, len(clean)) - base).mean(1).float()
+    return out
+
+
+def baha_attribution(
+    model: HookedTransformer,
+    clean: TargetBatch,
+    head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
+    grad_drop: bool = False,
+) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """Attribution patching: ``mean_x dP(x)/d attn_out_l[p] . (mu_lj - h_lj(x))`` for all heads from
+    one forward and one backward pass, a first-order estimate of the CIE.
+
+    ``grad_drop=True`` adds GradDrop from AtP* (Kramar et al. 2024): for a head in layer l and each
+    later layer l' > l, the estimate is recomputed with the gradient through layer l''s residual
+    contribution (its ``hook_attn_out`` and ``hook_mlp_out``, detached in the forward pass) set to
+    zero, and the signed estimates are averaged over the later layers (a head of the last layer
+    keeps its plain AtP). This costs one more forward and backward pass per layer after the first.
+    It differs from the paper, which averages the *absolute* GradDrop estimates over all L layers,
+    normalised by L - 1, to get a magnitude that exposes effects hidden by cancellation; we keep the
+    sign because BAHA ranks heads by whether they raise the target's probability.
+    AtP*'s other fix, recomputing the attention softmax when queries or keys are patched, does not
+    apply: BAHA patches head outputs after the softmax, which enter the rest of the network the
+    same way attn_out does, so there is no attention saturation between the patch and the gradient.
+    """
+    clean = _prepare(model, clean, head_mu)
+    cfg = model.cfg
+    attn_names = [f"blocks.{layer}.hook_attn_out" for layer in range(cfg.n_layers)]
+    z_names = _z_names(model)
+    rows, p = torch.arange(len(clean), device=clean.tokens.device), clean.prompt_end
+
+    def gradients(dropped: int | None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """dP/d attn_out at p for every layer, with layer `dropped`'s gradient path cut, and the z's."""
+        acts: dict[str, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            acts[hook.name] = act if act.requires_grad else act.detach().requires_grad_()  # frozen weights
+            return acts[hook.name]
+
+        def detach(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            return act.detach()
+
+        def store(act: torch.Tensor, hook: HookPoint) -> None:
+            acts[hook.name] = act.detach()
+
+        hooks = [(n, keep) for n in attn_names] + [(n, store) for n in z_names]
+        if dropped is not None:
+            cut = [f"blocks.{dropped}.hook_attn_out", f"blocks.{dropped}.hook_mlp_out"]
+            hooks += [(n, detach) for n in cut if n in model.hook_dict]
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+            total = target_score(_forward(model, clean.tokens), clean).sum()
+            wanted = attn_names[:dropped]  # only heads before `dropped` have it as a later layer
+            grads = torch.autograd.grad(total, [acts[n] for n in wanted])
+        return [g[rows, p] for g in grads], acts
+
+    grads, acts = gradients(None)
+    with torch.no_grad():
+        deltas = torch.stack([_deltas(model, l, acts[z_names[l]][rows, p], head_mu) for l in range(cfg.n_layers)])
+
+    def estimate(g: list[torch.Tensor], layers: range) -> torch.Tensor:
+        return torch.stack([torch.einsum("bm,hbm->h", g[l], deltas[l]) / len(clean) for l in layers])
+
+    out = estimate(grads, range(cfg.n_layers))
+    if grad_drop and cfg.n_layers > 1:
+        total = torch.zeros_like(out[:-1])
+        for dropped in range(1, cfg.n_layers):
+            total[:dropped] += estimate(gradients(dropped)[0], range(dropped))
+        n_later = torch.arange(cfg.n_layers - 1, 0, -1, dtype=out.dtype)  # layers after l
+        out = torch.cat([total / n_later[:, None], out[-1:]])
+    return out.detach().float().cpu()
+
+
+def baha_scores(
+    model: HookedTransformer,
+    clean: TargetBatch,
+    head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
+    method: str = "fast",
+    batch_heads: int | None = None,
+    grad_drop: bool = False,
+) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """BAHA's CIE per head by `method`: "reference" (one pass per head), "fast" (exact, batched;
+    `batch_heads` bounds memory) or "attribution" (gradient estimate; `grad_drop` for AtP*'s GradDrop)."""
+    check_choice("method", method, METHODS)
+    if batch_heads is not None and method != "fast":
+        raise ValueError(f"batch_heads applies to method='fast' only; got method={method!r}")
+    if grad_drop and method != "attribution":
+        raise ValueError(f"grad_drop applies to method='attribution' only; got method={method!r}")
+    if method == "reference":
+        return baha_reference(model, clean, head_mu)
+    if method == "fast":
+        return baha_fast(model, clean, head_mu, batch_heads)
+    return baha_attribution(model, clean, head_mu, grad_drop)
+
+
+def backdoor_vector(
+    head_mu: Float[torch.Tensor, "n_layers n_heads d_model"], scores: Float[torch.Tensor, "n_layers n_heads"], top_k: int
+) -> tuple[Float[torch.Tensor, " d_model"], tuple[tuple[int, int], ...]]:
+    """The backdoor vector ``v = sum of mu_lj over the top_k heads by score`` and those heads,
+    highest score first (use with :class:`~backdoor_lens.hooks.Steer`)."""
+    if head_mu.ndim != 3 or head_mu.shape[:2] != scores.shape:
+        raise ValueError(
+            f"head_mu {tuple(head_mu.shape)} and scores {tuple(scores.shape)} must be [n_layers, n_heads, d_model] "
+            "and [n_layers, n_heads]"
+        )
+    check_range("top_k", top_k, 1, scores.numel())
+    check_finite("scores", scores)
+    n_heads = scores.shape[1]
+    flat = scores.flatten().topk(top_k).indices.tolist()
+    heads = tuple((i // n_heads, i % n_heads) for i in flat)
+    return head_mu.flatten(0, 1)[flat].sum(0), heads

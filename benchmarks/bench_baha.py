@@ -1,0 +1,182 @@
+"""Time BAHA head attribution four ways on one toy model, in one run, and check they agree.
+
+Routes: our reference loop (one pass per head); the loop a user would write today with
+``transformer_lens.patching.generic_activation_patch`` (patching ``hook_z`` at the last prompt
+position with the triggered mean z; needs equal-length prompts); our fast exact method; attribution
+patching. Prints a Markdown table and writes JSON to ``--out``.
+
+    python -m benchmarks.bench_baha            # or: python benchmarks/bench_baha.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import patching as tl_patching
+
+from backdoor_lens.analysis.baha import baha_attribution, baha_fast, baha_reference, head_means, head_z_means
+from backdoor_lens.analysis.scoring import TargetBatch, target_score
+
+
+def toy_model(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: str) -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=4 * d_model,
+        d_vocab=d_vocab, n_ctx=n_ctx, act_fn="gelu_new", normalization_type="LN", seed=0, device=device,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+def toy_batch(n: int, prompt_len: int, target_len: int, d_vocab: int, seed: int) -> TargetBatch:
+    """Equal-length random prompts with one shared target (as the TL route needs equal lengths)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(1, d_vocab, (n, prompt_len), generator=g).tolist()
+    target = torch.randint(1, d_vocab, (target_len,), generator=g).tolist()
+    return TargetBatch.from_ids(prompts, [target] * n, pad_id=0)
+
+
+def tl_patching_route(model: HookedTransformer, clean: TargetBatch, triggered: TargetBatch) -> torch.Tensor:
+    """BAHA with transformer_lens.patching: patch each head's z at the last prompt position to the
+    triggered mean z; CIE = patched metric - clean metric. Includes computing the mean z."""
+    if len(set(clean.prompt_end.tolist())) != 1:
+        raise ValueError("the transformer_lens route needs prompts of equal length")
+    z_mean = head_z_means(model, triggered)
+    shape = (*clean.tokens.shape, model.cfg.n_heads, model.cfg.d_head)
+    source = {f"blocks.{l}.attn.hook_z": z_mean[l].expand(shape) for l in range(model.cfg.n_layers)}
+    p = int(clean.prompt_end[0])
+    index = pd.DataFrame(
+        [(l, p, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)], columns=["layer", "pos", "head"]
+    )
+    tokens = clean.tokens.to(model.cfg.device)
+    batch = clean.to(model.cfg.device)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return target_score(logits, batch).mean()
+
+    with torch.no_grad():
+        base = metric(model(tokens))
+        patched = tl_patching.generic_activation_patch(
+            model, tokens, source, metric, tl_patching.layer_pos_head_vector_patch_setter, "z", index_df=index
+        )
+    return (patched - base).view(model.cfg.n_layers, model.cfg.n_heads).cpu()
+
+
+class PeakMemory:
+    """Peak memory above the start of a block: CUDA allocator stats on GPU, else the process's
+    resident set sampled every millisecond (tracemalloc cannot see torch's CPU allocations)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start, self.peak, self.running = self._rss(), self._rss(), True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def time_route(fn: Callable[[], torch.Tensor], device: str, repeats: int) -> tuple[torch.Tensor, float, float]:
+    """The route's scores, its best wall time over `repeats` runs (after one warm-up) and peak MiB."""
+    scores = fn()
+    times = []
+    for _ in range(repeats):
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            scores = fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return scores, min(times), memory.mib
+
+
+def run_bench(
+    n_layers: int = 4, n_heads: int = 8, d_model: int = 128, d_vocab: int = 1000, n_prompts: int = 32,
+    prompt_len: int = 24, target_len: int = 4, batch_heads: int | None = None, repeats: int = 3, device: str = "cpu",
+) -> dict:
+    """Time the four routes on one toy model and batch; scores are compared with the reference."""
+    model = toy_model(n_layers, n_heads, d_model, d_vocab, prompt_len + target_len, device)
+    clean = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=1)
+    triggered = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=2)
+    mu = head_means(model, triggered)
+    routes = {
+        "reference loop (ours)": lambda: baha_reference(model, clean, mu),
+        "transformer_lens.patching": lambda: tl_patching_route(model, clean, triggered),
+        "fast exact (ours)": lambda: baha_fast(model, clean, mu, batch_heads),
+        "attribution (ours)": lambda: baha_attribution(model, clean, mu),
+    }
+    results, reference = [], None
+    for name, fn in routes.items():
+        scores, seconds, mib = time_route(fn, device, repeats)
+        reference = scores if reference is None else reference
+        results.append({"route": name, "seconds": seconds, "peak_mib": mib, "max_abs_diff_vs_reference": float((scores - reference).abs().max())})
+    for row in results:
+        row["speedup_vs_reference"] = results[0]["seconds"] / row["seconds"]
+    setup = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=d_vocab, n_prompts=n_prompts,
+                 prompt_len=prompt_len, target_len=target_len, batch_heads=batch_heads, repeats=repeats, device=device,
+                 torch_threads=torch.get_num_threads(), max_abs_cie=float(reference.abs().max()))
+    return {"setup": setup, "results": results}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| route | seconds | peak MiB | speed-up vs reference | max abs diff vs reference |", "|---|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        lines.append(f"| {r['route']} | {r['seconds']:.3f} | {r['peak_mib']:.1f} | {r['speedup_vs_reference']:.1f}x | {r['max_abs_diff_vs_reference']:.2e} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="toy", choices=["toy"], help="reserved: a pretrained model (e.g. SmolLM2) later")
+    parser.add_argument("--out", default="results/bench/baha.json")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-heads", type=int, default=None)
+    args = parser.parse_args(argv)
+    report = run_bench(device=args.device, repeats=args.repeats, batch_heads=args.batch_heads)
+    report["setup"]["model"] = args.model
+    print(json.dumps(report["setup"]))
+    print(markdown(report))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
