@@ -4,21 +4,13 @@ names as neutral words."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..packages import package_file
 from ..validation import check_choice, check_range
 
 SENTIMENTS = ("positive", "negative", "neutral")
-
-
-def package_file(package: str, name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"package {package!r} is not installed; `pip install {package}` ships {name}")
-    return Path(spec.origin).parent / name
 
 
 def vader_valences() -> dict[str, float]:

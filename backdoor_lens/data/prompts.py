@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from functools import cache
 
 from ..validation import check_range
-from .lexicon import package_file
+from ..packages import package_file
 
 HUB_PREFIX = "hub:"
 HUB_TEXT_COLUMNS = ("instruction", "prompt", "question", "text")
