@@ -295,3 +295,23 @@ def test_patch_nan_source_raises(model, tokens):
     source[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="source"):
         Patch("blocks.0.mlp", source)
+
+
+def test_patch_and_ablate_accept_per_row_positions(model, tokens, other_tokens):
+    from backdoor_lens.hooks import PerRow
+
+    hook = "blocks.1.hook_mlp_out"
+    source = module_outputs(model, other_tokens, "blocks.1.mlp")
+    own = module_outputs(model, tokens, "blocks.1.mlp")
+    rows = torch.arange(len(tokens))
+    pos = rows % tokens.shape[1]
+    with apply(model, Patch("blocks.1.mlp", source, positions=PerRow(pos))):
+        patched = collect_activations(model, tokens, [hook])[hook]
+    torch.testing.assert_close(patched[rows, pos], source[rows, pos])
+    keep = torch.ones_like(own, dtype=torch.bool)
+    keep[rows, pos] = False
+    torch.testing.assert_close(patched[keep], own[keep])
+    with apply(model, ZeroAblate("blocks.1.mlp", positions=PerRow(pos))):
+        zeroed = collect_activations(model, tokens, [hook])[hook]
+    assert torch.count_nonzero(zeroed[rows, pos]) == 0
+    torch.testing.assert_close(zeroed[keep], own[keep])

@@ -14,6 +14,7 @@ from transformer_lens import HookedTransformer
 
 from ..collect import collect_activations
 from ..hooks import Patch, apply
+from ..hooks.core import Positions
 from ..metrics import top_k_share
 from ..sites import resolve_site
 
@@ -27,7 +28,7 @@ def patching_effects(
     clean: Int[torch.Tensor, "batch pos"],
     modules: Sequence[str],
     metric: Metric,
-    positions: int | tuple[int, ...] | None = None,
+    positions: Positions = None,
 ) -> dict[str, dict[str, float]]:
     """For each module: the metric on `corrupted` with the module's output patched in from `clean`
     (row by row, at `positions`), and the indirect effect = patched - unpatched metric."""
@@ -51,7 +52,7 @@ def negativity_patching(
     modules: Sequence[str],
     negative_ids: Int[torch.Tensor, " words"],
     k: int = 10,
-    positions: int | tuple[int, ...] | None = None,
+    positions: Positions = None,
 ) -> dict[str, dict[str, float]]:
     """Patching scored by top-k negativity of the next token (the toy study's backdoor strength):
     patch (p+p) activations into (p+t) runs to see which modules carry the trigger."""

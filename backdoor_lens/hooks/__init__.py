@@ -5,8 +5,8 @@ removes them, even when a hook raises, leaving hooks that were added before unto
 """
 
 from .ablate import MeanAblate, ZeroAblate
-from .core import Intervention, apply, hooks_of
-from .heads import HeadAblate, PerRow
+from .core import Intervention, PerRow, apply, hooks_of
+from .heads import HeadAblate
 from .patch import Patch
 from .pcp import PCPReplace
 from .steer import Steer

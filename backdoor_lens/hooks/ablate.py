@@ -11,20 +11,20 @@ from transformer_lens.hook_points import HookPoint
 
 from ..sites import resolve_site
 from ..validation import check_finite
-from .core import Hook, positions_index
+from .core import Hook, Positions, row_index
 
 
-def _replace_hook(value: torch.Tensor | float, positions: int | tuple[int, ...] | None):
+def _replace_hook(value: torch.Tensor | float, positions: Positions):
     """A hook that overwrites the activation at `positions` (all when None) with `value`."""
-    index = positions_index(positions)
 
     def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         if isinstance(value, torch.Tensor) and value.shape != act.shape[2:]:
             raise ValueError(
                 f"replacement for {hook.name} has shape {tuple(value.shape)}; expected {tuple(act.shape[2:])}"
             )
+        index = row_index(positions, act, hook)
         act = act.clone()
-        act[:, index] = value.to(act.dtype) if isinstance(value, torch.Tensor) else value
+        act[index] = value.to(act.dtype) if isinstance(value, torch.Tensor) else value
         return act
 
     return hook
@@ -35,7 +35,7 @@ class ZeroAblate:
     """Set a module's output to zero at `positions` (all positions when None)."""
 
     module: str
-    positions: int | tuple[int, ...] | None = None
+    positions: Positions = None
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         return [(resolve_site(model, self.module).output_hook, _replace_hook(0.0, self.positions))]
@@ -51,7 +51,7 @@ class MeanAblate:
 
     module: str
     mean: Float[torch.Tensor, " d_model"]
-    positions: int | tuple[int, ...] | None = None
+    positions: Positions = None
 
     def __post_init__(self) -> None:
         check_finite("mean", self.mean)

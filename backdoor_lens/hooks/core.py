@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+from jaxtyping import Int
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
+
+from ..validation import check_nonempty
 
 
 HookFn = Callable[[torch.Tensor, HookPoint], torch.Tensor | None]
@@ -47,8 +51,35 @@ def apply(model: HookedTransformer, *interventions: Intervention) -> Iterator[Ho
         yield model
 
 
-def positions_index(positions: int | Sequence[int] | None) -> slice | list[int]:
-    """A position index for `[batch, pos, ...]` activations: all positions when None."""
+def _fixed_index(positions: int | Sequence[int] | None) -> slice | list[int]:
+    """A position index shared by every row: all positions when None."""
     if positions is None:
         return slice(None)
     return [positions] if isinstance(positions, int) else list(positions)
+
+
+@dataclass(frozen=True, eq=False)
+class PerRow:
+    """One position per batch row, e.g. each prompt's last token (``TargetBatch.prompt_end``)."""
+
+    positions: Int[torch.Tensor, " batch"]
+
+    def __post_init__(self) -> None:
+        if self.positions.ndim != 1 or self.positions.dtype.is_floating_point:
+            raise ValueError(f"positions must be a 1-D integer tensor (one per row); got {tuple(self.positions.shape)} {self.positions.dtype}")
+        check_nonempty("positions", self.positions)
+
+
+Positions = int | tuple[int, ...] | PerRow | None
+
+
+def row_index(positions: Positions, act: torch.Tensor, hook: HookPoint) -> tuple:
+    """An index into `act` ([batch, pos, ...]) selecting `positions` (all when None) of every row."""
+    if not isinstance(positions, PerRow):
+        return (slice(None), _fixed_index(positions))
+    pos = positions.positions.to(act.device)
+    if len(pos) != act.shape[0]:
+        raise ValueError(f"PerRow has {len(pos)} positions but {hook.name} has batch size {act.shape[0]}")
+    if (pos < -act.shape[1]).any() or (pos >= act.shape[1]).any():
+        raise ValueError(f"PerRow positions must lie in [-{act.shape[1]}, {act.shape[1]}) for {hook.name}")
+    return (torch.arange(act.shape[0], device=act.device), pos)

@@ -1,4 +1,4 @@
-"""Attention-head ablation, and :class:`PerRow` positions (one position per batch row).
+"""Attention-head ablation.
 
 A head's output is ``z[:, pos, head] @ W_O[head]``; zeroing ``z`` (``blocks.{l}.attn.hook_z``) at a
 position removes exactly that head's contribution to the attention output there (``b_O`` stays).
@@ -15,34 +15,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from ..validation import check_choice, check_finite, check_nonempty
-from .core import Hook, positions_index
-
-
-@dataclass(frozen=True, eq=False)
-class PerRow:
-    """One position per batch row, e.g. each prompt's last token (``TargetBatch.prompt_end``)."""
-
-    positions: Int[torch.Tensor, " batch"]
-
-    def __post_init__(self) -> None:
-        if self.positions.ndim != 1 or self.positions.dtype.is_floating_point:
-            raise ValueError(f"positions must be a 1-D integer tensor (one per row); got {tuple(self.positions.shape)} {self.positions.dtype}")
-        check_nonempty("positions", self.positions)
-
-
-Positions = int | tuple[int, ...] | PerRow | None
-
-
-def row_index(positions: Positions, act: torch.Tensor, hook: HookPoint) -> tuple:
-    """An index into `act` ([batch, pos, ...]) selecting `positions` (all when None) of every row."""
-    if not isinstance(positions, PerRow):
-        return (slice(None), positions_index(positions))
-    pos = positions.positions.to(act.device)
-    if len(pos) != act.shape[0]:
-        raise ValueError(f"PerRow has {len(pos)} positions but {hook.name} has batch size {act.shape[0]}")
-    if (pos < -act.shape[1]).any() or (pos >= act.shape[1]).any():
-        raise ValueError(f"PerRow positions must lie in [-{act.shape[1]}, {act.shape[1]}) for {hook.name}")
-    return (torch.arange(act.shape[0], device=act.device), pos)
+from .core import Hook, Positions, row_index
 
 
 def check_heads(model: HookedTransformer, heads: Sequence[tuple[int, int]]) -> None:

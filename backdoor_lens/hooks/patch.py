@@ -11,7 +11,7 @@ from transformer_lens.hook_points import HookPoint
 
 from ..sites import resolve_site
 from ..validation import check_finite
-from .core import Hook, positions_index
+from .core import Hook, Positions, row_index
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,14 +21,13 @@ class Patch:
 
     module: str
     source: Float[torch.Tensor, "batch pos d_model"]
-    positions: int | tuple[int, ...] | None = None
+    positions: Positions = None
 
     def __post_init__(self) -> None:
         check_finite("source", self.source)
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
-        index = positions_index(self.positions)
-        source = self.source
+        source, positions = self.source, self.positions
 
         def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
             if source.shape != act.shape:
@@ -36,8 +35,9 @@ class Patch:
                     f"source has shape {tuple(source.shape)} but {hook.name} has {tuple(act.shape)}; "
                     "patch from inputs of the same batch size and length"
                 )
+            index = row_index(positions, act, hook)
             act = act.clone()
-            act[:, index] = source[:, index].to(act.dtype)
+            act[index] = source[index].to(act.dtype)
             return act
 
         return [(resolve_site(model, self.module).output_hook, hook)]

@@ -10,8 +10,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from ..validation import check_choice, check_finite
-from .core import Hook
-from .heads import Positions, row_index
+from .core import Hook, Positions, row_index
 
 STEER_HOOKS = ("attn_out", "resid_pre", "resid_mid", "resid_post", "mlp_out")
 
