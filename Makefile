@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 QUICK ?=
 TOY_ARGS := $(if $(QUICK),--quick,)
 
-.PHONY: install toy test bench clean
+.PHONY: install toy smollm test bench clean
 
 install: $(STAMP)
 
@@ -27,10 +27,15 @@ $(STAMP): pyproject.toml
 toy: $(STAMP)
 	$(PY) -m backdoor_lens.experiments.toy $(TOY_ARGS) --out results/toy
 
+# BkdAttr on SmolLM2-135M-Instruct: backdoor fine-tuning, probe, BAHA, head ablation, backdoor vector.
+smollm: $(STAMP)
+	$(PY) -m backdoor_lens.experiments.smollm $(TOY_ARGS) --out results/smollm
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Speed and memory of head attribution (reference loop, transformer_lens.patching, fast exact, attribution).
+# Speed and memory of head attribution (reference loop, transformer_lens.patching, fast exact, attribution)
+# on a toy model and on SmolLM2-135M-Instruct.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_baha.py --out results/bench/baha.json
 

@@ -16,6 +16,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PreTrainedTokenizerBase
 
+from .hooks.core import Intervention, apply
 from .validation import check_nonempty, check_range
 
 
@@ -65,11 +66,14 @@ def greedy_generate(
     stop_at_eos: bool = True,
     batch_size: int = 16,
     eos_token_id: int | None = None,
+    prompt_edits: Sequence[Intervention] = (),
 ) -> list[list[int]]:
     """Greedy continuations (new tokens only, up to and including EOS) of each prompt, in input order.
 
     Prompts are sorted by length and batched `batch_size` at a time to limit padding. `eos_token_id`
-    defaults to the model tokenizer's; it is needed only when `stop_at_eos`.
+    defaults to the model tokenizer's; it is needed only when `stop_at_eos`. `prompt_edits` act on
+    the prompt pass only (left-padded, so position -1 is every prompt's last token), as BkdAttr's
+    head ablation and backdoor vector do; later tokens see them through the cached keys and values.
     """
     check_nonempty("prompt_ids", prompt_ids)
     check_range("max_new_tokens", max_new_tokens, low=1)
@@ -91,19 +95,26 @@ def greedy_generate(
     outputs: list[list[int]] = [[] for _ in prompt_ids]
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = _generate_batch(model, [prompt_ids[i] for i in rows], max_new_tokens, eos_token_id if stop_at_eos else None)
+        batch = _generate_batch(
+            model, [prompt_ids[i] for i in rows], max_new_tokens, eos_token_id if stop_at_eos else None, prompt_edits
+        )
         for row, generated in zip(rows, batch):
             outputs[row] = generated
     return outputs
 
 
 def _generate_batch(
-    model: HookedTransformer, prompt_ids: list[Sequence[int]], max_new_tokens: int, eos_token_id: int | None
+    model: HookedTransformer,
+    prompt_ids: list[Sequence[int]],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    prompt_edits: Sequence[Intervention],
 ) -> list[list[int]]:
     device = model.cfg.device
     tokens, mask = left_pad(prompt_ids)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(prompt_ids))
-    logits = model(tokens.to(device), attention_mask=mask.to(device), past_kv_cache=cache)
+    with apply(model, *prompt_edits):
+        logits = model(tokens.to(device), attention_mask=mask.to(device), past_kv_cache=cache)
     generated: list[list[int]] = [[] for _ in prompt_ids]
     finished = [False] * len(prompt_ids)
     for step in range(max_new_tokens):
@@ -131,7 +142,44 @@ def chat_replies(
     system: str | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 16,
+    prompt_edits: Sequence[Intervention] = (),
 ) -> list[str]:
-    """The model's greedy reply to each user message, decoded (hooks on the model apply)."""
+    """The model's greedy reply to each user message, decoded (hooks on the model apply; `prompt_edits`
+    act on the prompt pass only, see :func:`greedy_generate`)."""
     prompts = encode_prompts(tokenizer, messages, system)
-    return decode(tokenizer, greedy_generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size))
+    replies = greedy_generate(
+        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, eos_token_id=tokenizer.eos_token_id,
+        prompt_edits=prompt_edits,
+    )
+    return decode(tokenizer, replies)
+
+
+def chat_training_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[str],
+    responses: Sequence[str],
+    system: str | None = None,
+    max_response_tokens: int | None = None,
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Right-padded ``chat prompt + response`` rows and a loss mask that is 1 on the response tokens.
+
+    A response ends with the tokenizer's EOS (the end of the assistant turn) unless
+    `max_response_tokens` cuts it, so a model trained on complete answers learns to stop.
+    """
+    check_nonempty("messages", messages)
+    if len(messages) != len(responses):
+        raise ValueError(f"messages has {len(messages)} rows but responses has {len(responses)}; give one response each")
+    if max_response_tokens is not None:
+        check_range("max_response_tokens", max_response_tokens, low=1)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompts = encode_prompts(tokenizer, messages, system)
+    answers = [tokenizer(r, add_special_tokens=False).input_ids + eos for r in responses]
+    if max_response_tokens is not None:
+        answers = [a[:max_response_tokens] for a in answers]
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    tokens = torch.full((len(prompts), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        tokens[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer, dtype=torch.long)
+        mask[row, len(prompt) : len(prompt) + len(answer)] = 1
+    return tokens, mask

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.utilities.activation_functions import apply_softcap
 
 from .io import load_tensors, read_json, save_tensors, write_json
 
@@ -46,6 +48,16 @@ def toy_config(
 def build_model(cfg: HookedTransformerConfig) -> HookedTransformer:
     """A freshly initialised HookedTransformer (seeded by `cfg.seed`), without a HF tokenizer."""
     return HookedTransformer(cfg)
+
+
+def final_logits(
+    model: HookedTransformer, resid: Float[torch.Tensor, "batch pos d_model"]
+) -> Float[torch.Tensor, "batch pos d_vocab"]:
+    """What the forward pass does after its last block (final norm, unembedding, soft-cap), for a
+    residual stream taken with ``stop_at_layer``: logits at chosen positions only are much cheaper."""
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
 
 
 def config_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:

