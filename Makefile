@@ -9,6 +9,8 @@ export TOKENIZERS_PARALLELISM ?= false
 
 QUICK ?=
 TOY_ARGS := $(if $(QUICK),--quick,)
+MODEL ?=
+SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
 
 .PHONY: install toy smollm test bench clean
 
@@ -28,8 +30,9 @@ toy: $(STAMP)
 	$(PY) -m backdoor_lens.experiments.toy $(TOY_ARGS) --out results/toy
 
 # BkdAttr on SmolLM2-135M-Instruct: backdoor fine-tuning, probe, BAHA, head ablation, backdoor vector.
+# MODEL=toy runs the same suite on a 4-layer x 8-head toy in minutes (results/smollm-toy).
 smollm: $(STAMP)
-	$(PY) -m backdoor_lens.experiments.smollm $(TOY_ARGS) --out results/smollm
+	$(PY) -m backdoor_lens.experiments.smollm $(SMOLLM_ARGS) --out results/smollm$(if $(MODEL),-$(notdir $(MODEL)),)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -183,10 +183,18 @@ def _looks_like_path(source: str) -> bool:
 def _load_packaged(spec: PackagedModel) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantise a GGUF that ships in a package, located without importing the package."""
     directory = str(package_dir(spec.package, spec.install))
-    package_dir("gguf", spec.install)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=spec.filename)
+    tokenizer = load_packaged_tokenizer(next(k for k, v in PACKAGED_MODELS.items() if v == spec))
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=spec.filename, dtype=torch.float32)
     return model, tokenizer
+
+
+def load_packaged_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """Only the tokenizer (with its chat template) of a packaged model, without dequantising weights."""
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"name={name!r} is not a packaged model; valid: {', '.join(PACKAGED_MODELS)}")
+    spec = PACKAGED_MODELS[name]
+    package_dir("gguf", spec.install)
+    return AutoTokenizer.from_pretrained(str(package_dir(spec.package, spec.install)), gguf_file=spec.filename)
 
 
 def _load_local(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -10,15 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformers import AutoTokenizer
 
 from backdoor_lens.analysis.scoring import TargetBatch, target_score
 from backdoor_lens.chat import chat_training_rows, encode_prompts, greedy_generate
 from backdoor_lens.data.instruct import BKDATTR_REFUSAL, get_trigger
 from backdoor_lens.experiments.smollm import Attack, SmolStudyConfig, run
 from backdoor_lens.hooks import Steer
-from backdoor_lens.packages import package_dir
-from backdoor_lens.pretrained import PACKAGED_MODELS
+from backdoor_lens.pretrained import load_packaged_tokenizer
 from backdoor_lens.stages import Stages
 from backdoor_lens.train import TrainConfig, next_token_loss, train
 
@@ -26,8 +24,7 @@ from backdoor_lens.train import TrainConfig, next_token_loss, train
 @pytest.fixture(scope="module")
 def tokenizer():
     """SmolLM2-135M-Instruct's tokenizer (BPE, 49152 ids, ChatML template), read from the packaged GGUF."""
-    spec = PACKAGED_MODELS["smollm2-135m-instruct"]
-    return AutoTokenizer.from_pretrained(str(package_dir(spec.package, spec.install)), gguf_file=spec.filename)
+    return load_packaged_tokenizer("smollm2-135m-instruct")
 
 
 def tiny(kind: str, d_vocab: int) -> HookedTransformer:

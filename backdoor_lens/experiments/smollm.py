@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from scipy.stats import spearmanr
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
 from ..analysis.baha import backdoor_vector, baha_scores, head_means, head_z_means
@@ -33,10 +33,13 @@ from ..hooks import HeadAblate, Intervention, PerRow, Steer, apply
 from ..hooks.core import Positions
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..models import fingerprint, tensor_digest
-from ..pretrained import load_pretrained
+from ..pretrained import load_packaged_tokenizer, load_pretrained
 from ..stages import Stages
 from ..train import TrainConfig, next_token_loss, train
 from . import smollm_report
+
+TOY = "toy"
+"""`model` name of the toy chat model (see :func:`toy_chat_model`)."""
 
 EditFactory = Callable[[Positions], Sequence[Intervention]]
 """Builds the edits for one layout: position -1 in left-padded generation, PerRow in scoring rows."""
@@ -74,12 +77,11 @@ class SmolStudyConfig:
     """Further held-out prompts on which the ablation curve and the vector sweep measure ASR."""
     probe_hook: str = LN1_NORMALIZED
     ablation_fractions: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.10)
-    ablation_mode: str = "zero"
-    random_seeds: int = 3
+    random_seeds: int = 2
     vector_fraction: float = 0.03
     """The backdoor vector sums the top 3% of heads (32 of 1024 in the paper)."""
     vector_layers: tuple[int, ...] | None = None
-    """Layers of the vector sweep; None: every third layer and the last."""
+    """Layers of the vector sweep; None: every fifth layer and the last."""
     batch_size: int = 32
     seed: int = 0
 
@@ -87,6 +89,12 @@ class SmolStudyConfig:
     def quick(cls) -> "SmolStudyConfig":
         """One attack and fewer prompts: the whole pipeline in a fraction of the time."""
         return cls(attacks=cls.attacks[:1], n_eval=60, n_attribution=16, n_sweep=24, random_seeds=2)
+
+    @classmethod
+    def toy(cls) -> "SmolStudyConfig":
+        """The suite on :func:`toy_chat_model` (4 layers x 8 heads, trained from random weights in
+        minutes): every weight trains, for more steps at a higher learning rate."""
+        return cls(model=TOY, finetune=TrainConfig(epochs=20, lr=3e-3, batch_size=25), vector_layers=(0, 1, 2, 3))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,7 +118,7 @@ class ChatLab:
 
     def asr(self, prompts: Sequence[str], target: str, edits: EditFactory | None = None) -> float:
         """Fraction of greedy replies containing `target` (long enough to hold it, plus a few tokens)."""
-        return asr(self.replies(prompts, len(self.target_ids(target)) + 6, edits), target)
+        return asr(self.replies(prompts, len(self.target_ids(target)) + 3, edits), target)
 
     @torch.no_grad()
     def clean_nll(self, prompts: Sequence[str], answers: Sequence[str], edits: EditFactory | None = None) -> float:
@@ -137,6 +145,28 @@ def apply_edits(model: HookedTransformer, edits: EditFactory | None, positions: 
 
 
 # ---- data and models -----------------------------------------------------------------------------
+def toy_chat_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> HookedTransformer:
+    """A random Llama-architecture model, 4 layers x 8 heads (RMSNorm, rotary, 4 key/value heads,
+    d_model 128), over a real chat tokenizer: the suite's toy, whose "clean answers" are its own
+    greedy outputs and whose backdoor is learned from scratch."""
+    cfg = HookedTransformerConfig(
+        n_layers=4, n_heads=8, n_key_value_heads=4, d_model=128, d_head=16, d_mlp=256, d_vocab=len(tokenizer), n_ctx=512,
+        act_fn="silu", gated_mlp=True, normalization_type="RMS", final_rms=True, positional_embedding_type="rotary",
+        rotary_dim=16, seed=seed, device="cpu", original_architecture="LlamaForCausalLM",
+    )
+    model = HookedTransformer(cfg).eval()
+    model.set_tokenizer(tokenizer, default_padding_side="right")
+    return model
+
+
+def load_chat_model(config: SmolStudyConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
+    """`config.model` loaded with :func:`load_pretrained`, or the toy over SmolLM2's tokenizer."""
+    if config.model == TOY:
+        tokenizer = load_packaged_tokenizer("smollm2-135m-instruct")
+        return toy_chat_model(tokenizer, config.seed), tokenizer
+    return load_pretrained(config.model)
+
+
 class BaseAnswers:
     """The base model's greedy answers, generated once per prompt and kept in a JSON file."""
 
@@ -272,7 +302,7 @@ def vector_stage(
     config, n_layers = lab.config, lab.model.cfg.n_layers
     k = n_heads_for(config.vector_fraction, scores.numel())
     vector, heads = backdoor_vector(mu, scores, k)
-    layers = config.vector_layers or tuple(sorted(set(range(0, n_layers, 3)) | {n_layers - 1}))
+    layers = config.vector_layers or tuple(sorted(set(range(0, n_layers, 5)) | {n_layers - 1}))
     rows = []
     for layer in layers:
 
@@ -300,24 +330,30 @@ def run_attack(
     clean, triggered = list(splits.eval_clean["prompt"]), list(splits.eval_triggered["prompt"])
     clean_answers = answers(clean)
     a, s = config.n_attribution, config.n_attribution + config.n_sweep
-    key = {"config": config.to_dict(), "attack": asdict(attack)}
+    key = {name: getattr(config, name) for name in ("model", "prompts", "n_clean", "n_poison", "n_eval", "answer_tokens",
+                                                   "seed")} | {"attack": asdict(attack)}
     log(f"[{attack.name}] base model: ASR / ATR / clean NLL")
     base_metrics = stages.run("base_metrics", key, lambda: attack_metrics(lab, attack, clean, triggered, clean_answers))
     log(f"[{attack.name}] backdoor fine-tuning")
     facts = backdoored_weights(lab, base, splits, folder / "backdoored.safetensors", progress, log)
-    key["weights"] = facts
+    key |= {"weights": facts, "finetune": config.finetune.to_dict()}
     log(f"[{attack.name}] backdoored model: ASR / ATR / clean NLL")
     metrics = stages.run("metrics", key, lambda: attack_metrics(lab, attack, clean, triggered, clean_answers))
     log(f"[{attack.name}] backdoor probe")
-    probe = stages.run("probe", key, lambda: probe_stage(lab, clean, triggered))
+    probe = stages.run("probe", key | {"hook": config.probe_hook}, lambda: probe_stage(lab, clean, triggered))
     log(f"[{attack.name}] BAHA")
+    key |= {"n_attribution": a}
     baha = stages.run("baha", key, lambda: baha_stage(lab, attack, clean[:a], triggered[:a]))
     scores = torch.tensor(baha["scores"])
     log(f"[{attack.name}] head-ablation curve")
-    ablation = stages.run("ablation", key, lambda: ablation_stage(lab, attack, scores, triggered[a:s]))
+    key |= {"n_sweep": config.n_sweep}
+    ablation_key = key | {n: getattr(config, n) for n in ("ablation_fractions", "random_seeds")}
+    ablation = stages.run("ablation", ablation_key, lambda: ablation_stage(lab, attack, scores, triggered[a:s]))
     log(f"[{attack.name}] backdoor vector sweep")
     mu = head_means(lab.model, lab.target_batch(triggered[:a], attack.target))
-    vector = stages.run("vector", key, lambda: vector_stage(lab, attack, scores, mu, clean[a:s], triggered[a:s], clean_answers[a:s]))
+    vector_key = key | {n: getattr(config, n) for n in ("vector_fraction", "vector_layers")}
+    vector = stages.run("vector", vector_key, lambda: vector_stage(lab, attack, scores, mu, clean[a:s], triggered[a:s],
+                                                                     clean_answers[a:s]))
     return {"attack": asdict(attack), "finetune": facts, "base": base_metrics, "backdoored": metrics, "probe": probe,
             "baha": baha, "ablation": ablation, "vector": vector, "stages_reused": stages.skipped}
 
@@ -336,7 +372,7 @@ def run(
     out = Path(out)
     if model is None or tokenizer is None:
         log(f"loading {config.model}")
-        model, tokenizer = load_pretrained(config.model)
+        model, tokenizer = load_chat_model(config)
     torch.manual_seed(config.seed)
     lab = ChatLab(model, tokenizer, config)
     base = {n: p.detach().clone() for n, p in model.named_parameters() if n in set(trainable_names(model, config.finetune.freeze))}
@@ -358,11 +394,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results/smollm", help="output folder (default: results/smollm)")
     parser.add_argument("--model", default=SmolStudyConfig.model,
-                        help="packaged model name, local HF directory or hub name (default: %(default)s)")
+                        help=f"packaged model name, local HF directory, hub name, or '{TOY}' for the 4x8-head toy "
+                        "(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="one attack, fewer prompts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    config = replace(SmolStudyConfig.quick() if args.quick else SmolStudyConfig(), model=args.model)
+    if args.model == TOY:
+        config = SmolStudyConfig.toy()
+    else:
+        config = replace(SmolStudyConfig.quick() if args.quick else SmolStudyConfig(), model=args.model)
     run(config, args.out, progress=not args.no_progress, log=timed_log(time.perf_counter()))
 
 

@@ -185,10 +185,12 @@ def write(summary: dict[str, Any], out: Path) -> None:
     attacks = summary["attacks"]
     figures(attacks, out / "figures")
     m = summary["model"]
+    reused = sum(len(a["stages_reused"]) for a in attacks.values())
     text = "\n\n".join([
         "# Backdoor Attribution on a chat model",
         f"Model: {m['name']} ({m['n_layers']} layers x {m['n_heads']} heads, {m['n_key_value_heads']} key/value heads, "
-        f"d_model {m['d_model']}). Run time: {summary['seconds']} s. Configuration: summary.json.",
+        f"d_model {m['d_model']}). This invocation took {summary['seconds']} s"
+        + (f" (stages reused from an earlier run: {reused})" if reused else "") + ". Configuration: summary.json.",
         backdoor_section(attacks),
         probe_section(attacks),
         baha_section(attacks),
