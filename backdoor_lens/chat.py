@@ -16,6 +16,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PreTrainedTokenizerBase
 
+from .analysis.scoring import TargetBatch
 from .hooks.core import Intervention, apply
 from .validation import check_nonempty, check_range
 
@@ -172,14 +173,8 @@ def chat_training_rows(
     if max_response_tokens is not None:
         check_range("max_response_tokens", max_response_tokens, low=1)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    prompts = encode_prompts(tokenizer, messages, system)
-    answers = [tokenizer(r, add_special_tokens=False).input_ids + eos for r in responses]
-    if max_response_tokens is not None:
-        answers = [a[:max_response_tokens] for a in answers]
-    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
-    tokens = torch.full((len(prompts), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-    mask = torch.zeros_like(tokens)
-    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
-        tokens[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer, dtype=torch.long)
-        mask[row, len(prompt) : len(prompt) + len(answer)] = 1
-    return tokens, mask
+    answers = [(tokenizer(r, add_special_tokens=False).input_ids + eos)[:max_response_tokens] for r in responses]
+    rows = TargetBatch.from_ids(encode_prompts(tokenizer, messages, system), answers, tokenizer.pad_token_id or 0)
+    positions = torch.arange(rows.tokens.shape[1])
+    start = rows.prompt_end[:, None] + 1
+    return rows.tokens, ((positions >= start) & (positions < start + rows.target_len[:, None])).long()

@@ -312,6 +312,12 @@ def baha_scores(
     return baha_attribution(model, clean, head_mu, grad_drop)
 
 
+def top_heads(scores: Float[torch.Tensor, "n_layers n_heads"], k: int) -> list[tuple[int, int]]:
+    """The `k` highest-scoring heads as (layer, head), highest first."""
+    n_heads = scores.shape[1]
+    return [(i // n_heads, i % n_heads) for i in scores.flatten().topk(k).indices.tolist()]
+
+
 def backdoor_vector(
     head_mu: Float[torch.Tensor, "n_layers n_heads d_model"], scores: Float[torch.Tensor, "n_layers n_heads"], top_k: int
 ) -> tuple[Float[torch.Tensor, " d_model"], tuple[tuple[int, int], ...]]:
@@ -324,7 +330,5 @@ def backdoor_vector(
         )
     check_range("top_k", top_k, 1, scores.numel())
     check_finite("scores", scores)
-    n_heads = scores.shape[1]
-    flat = scores.flatten().topk(top_k).indices.tolist()
-    heads = tuple((i // n_heads, i % n_heads) for i in flat)
-    return head_mu.flatten(0, 1)[flat].sum(0), heads
+    heads = tuple(top_heads(scores, top_k))
+    return head_mu[[l for l, _ in heads], [h for _, h in heads]].sum(0), heads

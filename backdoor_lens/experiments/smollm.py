@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
-from ..analysis.baha import backdoor_vector, baha_scores, head_means, head_z_means
+from ..analysis.baha import backdoor_vector, baha_scores, head_means, top_heads
 from ..analysis.probe import LN1_NORMALIZED, backdoor_probe
 from ..analysis.scoring import TargetBatch
 from ..chat import chat_replies, chat_training_rows, encode_prompts
@@ -35,7 +35,7 @@ from ..io import load_tensors, read_json, save_tensors, write_json
 from ..models import fingerprint, tensor_digest
 from ..pretrained import load_packaged_tokenizer, load_pretrained
 from ..stages import Stages
-from ..train import TrainConfig, next_token_loss, train
+from ..train import TrainConfig, frozen, next_token_loss, train
 from . import smollm_report
 
 TOY = "toy"
@@ -115,10 +115,9 @@ class ChatLab:
         return self.tokenizer(target, add_special_tokens=False).input_ids
 
     def replies(self, prompts: Sequence[str], max_new_tokens: int, edits: EditFactory | None = None) -> list[str]:
-        prompt_edits = edits(-1) if edits is not None else ()
         return chat_replies(
             self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=self.config.batch_size,
-            prompt_edits=prompt_edits,
+            prompt_edits=built(edits, -1),
         )
 
     def asr(self, prompts: Sequence[str], target: str, edits: EditFactory | None = None) -> float:
@@ -133,7 +132,7 @@ class ChatLab:
         for start in range(0, len(tokens), self.config.batch_size):
             rows, rows_mask = tokens[start : start + self.config.batch_size], mask[start : start + self.config.batch_size]
             prompt_end = rows_mask.argmax(1) - 1
-            with apply_edits(self.model, edits, PerRow(prompt_end)):
+            with apply(self.model, *built(edits, PerRow(prompt_end))):
                 loss = next_token_loss(self.model, rows, rows_mask)
             n = int(rows_mask[:, 1:].sum())
             total, count = total + float(loss) * n, count + n
@@ -144,9 +143,9 @@ class ChatLab:
         return TargetBatch.from_ids(ids, [self.target_ids(target)] * len(ids), self.tokenizer.pad_token_id or 0, self.model)
 
 
-def apply_edits(model: HookedTransformer, edits: EditFactory | None, positions: Positions):
-    """The edits built for `positions` (none when `edits` is None), applied for a ``with`` block."""
-    return apply(model, *(edits(positions) if edits is not None else ()))
+def built(edits: EditFactory | None, positions: Positions) -> Sequence[Intervention]:
+    """The edits built for `positions` (none when `edits` is None)."""
+    return edits(positions) if edits is not None else ()
 
 
 # ---- data and models -----------------------------------------------------------------------------
@@ -191,7 +190,9 @@ class BaseAnswers:
 
 
 def trainable_names(model: HookedTransformer, freeze: Sequence[str]) -> list[str]:
-    return [n for n, _ in model.named_parameters() if not any(n == f or n.startswith(f + ".") for f in freeze)]
+    """Parameters that training with `freeze` updates (as :func:`~backdoor_lens.train.frozen` decides)."""
+    with frozen(model, freeze):
+        return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def backdoored_weights(
@@ -247,14 +248,13 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
 def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> int:
     """How many of the top `k` entries of `a` are also among the top `k` of `b`."""
     k = min(k, a.numel())
-    return len(set(a.flatten().topk(k).indices.tolist()) & set(b.flatten().topk(k).indices.tolist()))
+    return len(set(top_heads(a, k)) & set(top_heads(b, k)))
 
 
-def baha_stage(lab: ChatLab, attack: Attack, clean: list[str], triggered: list[str]) -> dict[str, Any]:
-    """Head means over triggered prompts, then CIE on clean prompts by the fast exact route and by
-    attribution patching (plain and with GradDrop), with their agreement and timings."""
-    clean_batch, triggered_batch = lab.target_batch(clean, attack.target), lab.target_batch(triggered, attack.target)
-    mu = head_means(lab.model, triggered_batch)
+def baha_stage(lab: ChatLab, attack: Attack, clean: list[str], mu: torch.Tensor) -> dict[str, Any]:
+    """CIE on clean prompts of patching each head to its triggered mean `mu`, by the fast exact route
+    and by attribution patching (plain and with GradDrop), with their agreement and timings."""
+    clean_batch = lab.target_batch(clean, attack.target)
     exact, exact_s = timed(lambda: baha_scores(lab.model, clean_batch, mu, "fast"))
     out: dict[str, Any] = {"scores": exact.tolist(), "seconds": {"fast": round(exact_s, 2)}, "agreement": {}}
     for name, grad_drop in (("attribution", False), ("attribution_graddrop", True)):
@@ -268,11 +268,6 @@ def baha_stage(lab: ChatLab, attack: Attack, clean: list[str], triggered: list[s
     return out
 
 
-def ranked_heads(scores: torch.Tensor) -> list[tuple[int, int]]:
-    n_heads = scores.shape[1]
-    return [(i // n_heads, i % n_heads) for i in scores.flatten().argsort(descending=True).tolist()]
-
-
 def n_heads_for(fraction: float, total: int) -> int:
     return max(1, round(fraction * total))
 
@@ -281,7 +276,7 @@ def ablation_stage(lab: ChatLab, attack: Attack, scores: torch.Tensor, triggered
     """ASR on triggered prompts with the top fraction of heads (BAHA order) ablated at the last prompt
     position on the prompt pass, beside the same number of random heads (several seeds)."""
     config = lab.config
-    order = ranked_heads(scores)
+    order = top_heads(scores, scores.numel())
     every = [(l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])]
     rows = []
     for fraction in config.ablation_fractions:
@@ -353,14 +348,14 @@ def run_attack(
         return summary
     log(f"[{attack.name}] BAHA")
     key |= {"n_attribution": a}
-    baha = stages.run("baha", key, lambda: baha_stage(lab, attack, clean[:a], triggered[:a]))
+    mu = head_means(lab.model, lab.target_batch(triggered[:a], attack.target))
+    baha = stages.run("baha", key, lambda: baha_stage(lab, attack, clean[:a], mu))
     scores = torch.tensor(baha["scores"])
     log(f"[{attack.name}] head-ablation curve")
     key |= {"n_sweep": config.n_sweep}
     ablation_key = key | {n: getattr(config, n) for n in ("ablation_fractions", "random_seeds")}
     ablation = stages.run("ablation", ablation_key, lambda: ablation_stage(lab, attack, scores, triggered[a:s]))
     log(f"[{attack.name}] backdoor vector sweep")
-    mu = head_means(lab.model, lab.target_batch(triggered[:a], attack.target))
     vector_key = key | {n: getattr(config, n) for n in ("vector_fraction", "vector_layers")}
     vector = stages.run("vector", vector_key, lambda: vector_stage(lab, attack, scores, mu, clean[a:s], triggered[a:s],
                                                                      clean_answers[a:s]))
