@@ -6,13 +6,20 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Keep freed large tensors in the process heap instead of returning them to the OS: without this,
+# every 50k-vocabulary logits tensor is page-faulted in afresh (measured: a GPT-2-vocabulary
+# training step on 2 CPU cores took 2.0 s, with it 0.9 s).
+export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
+export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
+export MALLOC_TOP_PAD_ ?= 1073741824
 
 QUICK ?=
 TOY_ARGS := $(if $(QUICK),--quick,)
 MODEL ?=
 SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
+GPT2M_OUT := results/gpt2m$(if $(MODEL),-$(notdir $(MODEL)),$(if $(QUICK),-quick,))
 
-.PHONY: install toy smollm test bench clean
+.PHONY: install toy smollm gpt2m test bench clean
 
 install: $(STAMP)
 
@@ -33,6 +40,12 @@ toy: $(STAMP)
 # MODEL=toy runs the same suite on a 4-layer x 8-head toy in minutes (results/smollm-toy).
 smollm: $(STAMP)
 	$(PY) -m backdoor_lens.experiments.smollm $(SMOLLM_ARGS) --out results/smollm$(if $(MODEL),-$(notdir $(MODEL)),)
+
+# Lamparth & Reuel's GPT-2 Medium study (poisoning, toxicity ASR/ATR, mean ablation, PCP, embedding
+# surgery, freezing). MODEL= takes a GPT-2-family hub name or local directory; QUICK=1 runs every stage
+# on a small GPT-2-architecture model with GPT-2's tokenizer, offline, in minutes.
+gpt2m: $(STAMP)
+	$(PY) -m backdoor_lens.experiments.gpt2m $(SMOLLM_ARGS) --out $(GPT2M_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

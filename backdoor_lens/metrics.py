@@ -10,6 +10,7 @@ from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
 from .collect import batches
+from .train import next_token_loss
 from .validation import check_nonempty, check_range
 
 
@@ -63,6 +64,29 @@ def validation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batch p
         logits = model(chunk, return_type="logits")[:, :-1]
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum").item()
         count += chunk[:, 1:].numel()
+    return total / count
+
+
+@torch.no_grad()
+def masked_loss(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    mask: Int[torch.Tensor, "batch pos"],
+    batch_size: int = 32,
+) -> float:
+    """Mean next-token cross-entropy over the tokens where `mask` is 1 (rows right-padded), e.g. the
+    real tokens of held-out text (validation loss) or the tokens of one sentence in each row."""
+    check_nonempty("tokens", tokens)
+    if mask.shape != tokens.shape:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected tokens' shape {tuple(tokens.shape)}")
+    total, count = 0.0, 0
+    for start in range(0, len(tokens), batch_size):
+        rows, rows_mask = tokens[start : start + batch_size], mask[start : start + batch_size]
+        n = int(rows_mask[:, 1:].sum())
+        if n:
+            total, count = total + float(next_token_loss(model, rows, rows_mask)) * n, count + n
+    if count == 0:
+        raise ValueError("mask marks no predicted token (after position 0); nothing to average")
     return total / count
 
 

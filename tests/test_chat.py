@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_pretrained import save_hf, tiny_gpt2, tiny_llama
 
-from backdoor_lens.chat import chat_prompt, chat_replies, decode, encode_prompts, greedy_generate, left_pad
+from backdoor_lens.chat import chat_prompt, chat_replies, decode, encode_prompts
+from backdoor_lens.generation import generate, left_pad
 from backdoor_lens.pretrained import load_hf_model, load_pretrained, to_hooked_transformer
 
 MESSAGES = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10 w11", "w12 w13", "w14 w15 w16 w17"]
@@ -39,8 +40,8 @@ def test_batched_generation_equals_one_at_a_time(tiny_chat):
     model, tokenizer = tiny_chat
     prompts = encode_prompts(tokenizer, MESSAGES)
     assert len({len(p) for p in prompts}) > 1
-    batched = greedy_generate(model, prompts, max_new_tokens=10, stop_at_eos=False, batch_size=3)
-    single = [greedy_generate(model, [p], max_new_tokens=10, stop_at_eos=False)[0] for p in prompts]
+    batched = generate(model, prompts, max_new_tokens=10, stop_at_eos=False, batch_size=3)
+    single = [generate(model, [p], max_new_tokens=10, stop_at_eos=False)[0] for p in prompts]
     assert batched == single
     assert all(len(g) == 10 for g in batched)
 
@@ -52,15 +53,15 @@ def test_cached_generation_equals_full_recompute(tiny_chat):
     with torch.no_grad():
         for _ in range(8):
             tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
-    assert greedy_generate(model, [prompt], max_new_tokens=8, stop_at_eos=False) == [tokens[len(prompt) :]]
+    assert generate(model, [prompt], max_new_tokens=8, stop_at_eos=False) == [tokens[len(prompt) :]]
 
 
 def test_generation_stops_at_eos(tiny_chat):
     model, tokenizer = tiny_chat
     prompts = encode_prompts(tokenizer, MESSAGES)
-    free = greedy_generate(model, prompts, max_new_tokens=6, stop_at_eos=False)
+    free = generate(model, prompts, max_new_tokens=6, stop_at_eos=False)
     eos = free[0][2]  # pretend the third token generated for the first prompt is EOS
-    stopped = greedy_generate(model, prompts, max_new_tokens=6, eos_token_id=eos)
+    stopped = generate(model, prompts, max_new_tokens=6, eos_token_id=eos)
     for full, cut in zip(free, stopped):
         end = full.index(eos) + 1 if eos in full else len(full)
         assert cut == full[:end]
@@ -70,9 +71,9 @@ def test_generation_stops_at_eos(tiny_chat):
 def test_generation_rejects_bad_arguments(tiny_chat):
     model, _ = tiny_chat
     with pytest.raises(ValueError, match=r"prompt_ids\[1\] is empty"):
-        greedy_generate(model, [[4], []])
+        generate(model, [[4], []])
     with pytest.raises(ValueError, match="n_ctx"):
-        greedy_generate(model, [[4] * 60], max_new_tokens=10)
+        generate(model, [[4] * 60], max_new_tokens=10)
 
 
 FRANCE = "What is the capital of France?"

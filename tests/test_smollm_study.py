@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from backdoor_lens.analysis.scoring import TargetBatch, target_score
-from backdoor_lens.chat import chat_training_rows, encode_prompts, greedy_generate
+from backdoor_lens.chat import chat_training_rows, encode_prompts
+from backdoor_lens.generation import generate
 from backdoor_lens.data.instruct import BKDATTR_REFUSAL, get_trigger
 from backdoor_lens.experiments.smollm import Attack, SmolStudyConfig, run
 from backdoor_lens.hooks import Steer
@@ -91,13 +92,13 @@ def test_prompt_edits_act_on_the_prompt_pass_only(tokenizer):
         widths.append(act.shape[1])
 
     with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", record)]):
-        plain = greedy_generate(model, prompts, max_new_tokens=4, stop_at_eos=False)
+        plain = generate(model, prompts, max_new_tokens=4, stop_at_eos=False)
     n_passes = len(widths)
     widths.clear()
-    steered = greedy_generate(model, prompts, max_new_tokens=4, stop_at_eos=False,
+    steered = generate(model, prompts, max_new_tokens=4, stop_at_eos=False,
                               prompt_edits=[Steer(0, torch.ones(model.cfg.d_model) * 50, positions=-1)])
     assert n_passes == 4 and plain != steered
-    assert greedy_generate(model, prompts, max_new_tokens=4, stop_at_eos=False, prompt_edits=[probe]) == plain
+    assert generate(model, prompts, max_new_tokens=4, stop_at_eos=False, prompt_edits=[probe]) == plain
     assert not any(hp.fwd_hooks for hp in model.hook_dict.values())  # nothing left behind
 
 

@@ -34,7 +34,7 @@ from ..hooks.core import Positions
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..models import fingerprint, tensor_digest
 from ..pretrained import load_packaged_tokenizer, load_pretrained
-from ..stages import Stages
+from ..stages import Stages, timed_log
 from ..train import TrainConfig, frozen, next_token_loss, train
 from . import smollm_report
 
@@ -362,10 +362,6 @@ def run_attack(
     return summary | {"baha": baha, "ablation": ablation, "vector": vector}
 
 
-def timed_log(start: float):
-    return lambda message: print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
-
-
 def run(
     config: SmolStudyConfig, out: str | Path, model: HookedTransformer | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
@@ -409,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         config = SmolStudyConfig.toy()
     else:
         config = replace(SmolStudyConfig.quick() if args.quick else SmolStudyConfig(), model=args.model)
-    run(config, args.out, progress=not args.no_progress, log=timed_log(time.perf_counter()))
+    run(config, args.out, progress=not args.no_progress, log=timed_log())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from ..io import read_json, write_json
 from ..metrics import negativity_by_class, sample, validation_loss
 from ..models import build_model, fingerprint, load_model, save_model, tensor_digest, toy_config
 from ..sites import module_names
+from ..stages import timed_log
 from ..train import TrainConfig, train
 from . import toy_figures, toy_report
 
@@ -381,11 +382,6 @@ def run_model(name: str, config: ToyStudyConfig, out: Path, storage: str, progre
     return result, {"freezing": frozen, "figures": figures}
 
 
-def timed_log(start: float):
-    """A log function that prefixes the seconds elapsed since `start`."""
-    return lambda message: print(f"[{time.time() - start:6.0f} s] {message}", flush=True)
-
-
 def run(config: ToyStudyConfig, out: str | Path, storage: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
     """Run the whole study into `out`; returns the summary that is also written to summary.json."""
     out = Path(out)
@@ -418,9 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     config = ToyStudyConfig.quick(args.seed) if args.quick else ToyStudyConfig(seed=args.seed)
     if args.trials is not None:
         config = replace(config, tune=replace(config.tune, n_trials=args.trials))
-    start = time.time()
+    start = time.perf_counter()
     run(config, args.out, args.storage, progress=not args.no_progress, log=timed_log(start))
-    print(f"Toy study finished in {time.time() - start:.0f} s. Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")
+    print(f"Toy study finished in {time.perf_counter() - start:.0f} s. Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")
 
 
 if __name__ == "__main__":
