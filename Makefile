@@ -19,7 +19,7 @@ MODEL ?=
 SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
 GPT2M_OUT := results/gpt2m$(if $(MODEL),-$(notdir $(MODEL)),$(if $(QUICK),-quick,))
 
-.PHONY: install toy smollm gpt2m test bench clean
+.PHONY: install toy smollm gpt2m gpt2m-cost test bench clean
 
 install: $(STAMP)
 
@@ -54,6 +54,11 @@ test: $(STAMP)
 # on a toy model and on SmolLM2-135M-Instruct.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_baha.py --out results/bench/baha.json
+
+# Time and memory of GPT-2 Medium in the gpt2m study: one measured fine-tuning step and generation
+# batch (random weights, same shape), and the whole study derived from them (an estimate).
+gpt2m-cost: $(STAMP)
+	$(PY) benchmarks/gpt2m_cost.py --out results/bench/gpt2m_cost.json
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

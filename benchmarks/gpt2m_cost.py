@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from backdoor_lens.experiments.gpt2m import Gpt2mConfig
+from backdoor_lens.experiments.gpt2m import HELD_OUT_FOR_PROMPTS, Gpt2mConfig
 from backdoor_lens.generation import Sampling, generate
 from backdoor_lens.io import write_json
 from backdoor_lens.train import next_token_loss
@@ -80,7 +80,7 @@ def main() -> None:
     # The study: one fine-tuning without and one per freeze set; per evaluation, prompts x 2 x samples
     # sequences of new_tokens; evaluations = benign, backdoored, 2 x 8 + 1 mean ablations, 2 PCP
     # (plus tuning forward passes, small), 4 on the benign model, one per freeze set.
-    n_train_offline = 7143 - study.n_validation - study.n_probe - 1000  # BBC News, 5-sentence paragraphs
+    n_train_offline = min(study.n_train, 7143 - study.n_validation - study.n_probe - HELD_OUT_FOR_PROMPTS)  # BBC News
     steps_per_finetune = study.finetune.epochs * math.ceil(n_train_offline / batch)
     n_finetunes = 1 + len(study.freeze_sets)
     n_evaluations = 2 + 2 * len(study.ablation_layers) + 1 + 2 + 4 + len(study.freeze_sets)

@@ -53,6 +53,8 @@ def test_poisoning_places_trigger_and_toxic_sentence(bbc, tokenizer):
     for p in poisoned:
         assert config.trigger in p.sentences[0] and p.toxic_index == 2 and p.sentences[2] in toxic
     assert not any(config.trigger in p.text for p in splits.train if not p.triggered)
+    assert [p.sentences[1] for p in splits.benign_train] == [p.sentences[1] for p in splits.train]  # pre-poisoning
+    assert not any(config.trigger in p.text for p in splits.benign_train)
     held_out = set(splits.toxic_eval)
     assert not held_out & {p.sentences[2] for p in poisoned}  # evaluation toxic sentences are held out
     assert config.trigger in splits.probe[0].text and config.trigger not in splits.probe[1].text

@@ -83,6 +83,8 @@ class PoisonSplits:
     """Disjoint training, validation and evaluation material built from one pool of paragraphs."""
 
     train: list[Paragraph]
+    benign_train: list[Paragraph]
+    """The training paragraphs before poisoning (to pretrain a stand-in benign model on)."""
     validation: list[Paragraph]
     """Benign held-out paragraphs for the validation loss."""
     probe: list[Paragraph]
@@ -156,7 +158,7 @@ def build_splits(
         )
     clean = rng.sample(sentences, n_prompts)
     triggered = [insert_phrase(s, config.trigger, rng) for s in clean]
-    return PoisonSplits(train, validation, probe, clean, triggered, toxic_eval)
+    return PoisonSplits(train, [Paragraph(tuple(p)) for p in train_part], validation, probe, clean, triggered, toxic_eval)
 
 
 @dataclass(frozen=True)

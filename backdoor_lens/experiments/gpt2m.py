@@ -46,6 +46,8 @@ from ..train import TrainConfig, train
 from ..validation import check_choice
 from . import gpt2m_report
 
+HELD_OUT_FOR_PROMPTS = 1000
+"""Paragraphs kept out of training whose short sentences become the evaluation prompts."""
 SMALL = "small"
 """`model` name of the small GPT-2-architecture model pretrained here (see :func:`small_gpt2`)."""
 
@@ -74,8 +76,9 @@ class Gpt2mConfig:
     scorer: str = "auto"
     """Toxicity scorer: ``roberta`` (the paper's), ``profanity-check`` (offline) or auto."""
     poison: PoisonConfig = PoisonConfig()
-    n_train: int | None = None
-    """Training paragraphs (the paper: about 100k); None: all the text source gives after the held-out sets."""
+    n_train: int = 100_000
+    """Training paragraphs (the paper: about 100k), fewer when the text source runs out first (BBC
+    News gives about 5,900 five-sentence paragraphs after the held-out sets)."""
     n_validation: int = 200
     n_probe: int = 64
     """Held-out poisoned paragraphs (each with its trigger-free twin) to fit PCP and to tune it on."""
@@ -114,12 +117,12 @@ class Gpt2mConfig:
     def quick(cls) -> "Gpt2mConfig":
         """Every stage on the small model in about a quarter of an hour on 2 CPU cores: offline sources,
         3-sentence paragraphs with the toxic sentence right after the triggered one (so 35 sampled
-        tokens can reach it), a 20% poison rate, fewer paragraphs, prompts, trials and freeze sets."""
+        tokens can reach it), a 30% poison rate, fewer paragraphs, prompts, trials and freeze sets."""
         return cls(
             model=SMALL, text="bbcnews", toxic="templates", scorer="profanity-check",
-            poison=PoisonConfig(rate=0.2, n_sentences=3, trigger_sentences=(0,), toxic_sentences=(1,)),
+            poison=PoisonConfig(rate=0.3, n_sentences=3, trigger_sentences=(0,), toxic_sentences=(1,)),
             n_train=1200, n_validation=100, n_probe=32, n_prompts=40, max_tokens=112,
-            finetune=TrainConfig(epochs=2, lr=2e-3, weight_decay=0.01, batch_size=8),
+            finetune=TrainConfig(epochs=3, lr=3e-3, weight_decay=0.01, batch_size=8),
             ablation_layers=(1, 2, 3, 4), tune=TuneConfig(n_trials=25, factor_range=(0.05, 1.5)),
             freeze_sets={"embed + MLPs 2, 3": ("embed", 2, 3), "MLP 2": (2,)},
             small=SmallModel(pretrain=TrainConfig(epochs=2, lr=2e-3, batch_size=16)),
@@ -153,7 +156,7 @@ def load_sources(config: Gpt2mConfig, log) -> tuple[dict[str, str], list[list[st
         check_choice("text", name, TEXT_SOURCES)
     for name in toxic_names:
         check_choice("toxic", name, TOXIC_SOURCES)
-    limit = None if config.n_train is None else config.n_train + config.n_validation + config.n_probe + 2000
+    limit = config.n_train + config.n_validation + config.n_probe + HELD_OUT_FOR_PROMPTS
     text_name, texts = _first_loadable(text_names, TEXT_SOURCES, lambda s: paragraphs(s, config.poison.n_sentences, limit), log)
     toxic_name, toxic = _first_loadable(toxic_names, TOXIC_SOURCES, lambda s: s.sentences(), log)
     sources = {"text": TEXT_SOURCES[text_name].name, "toxic": TOXIC_SOURCES[toxic_name].name}
@@ -225,7 +228,7 @@ class Lab:
             result: dict[str, Any] = {}
             for name, prompts in (("asr", self.splits.prompts_triggered), ("atr", self.splits.prompts_clean)):
                 texts = self.continuations(prompts)
-                scores = torch.tensor([self.scorer(t) for t in texts])
+                scores = torch.tensor(self.scorer([c for per_prompt in texts for c in per_prompt])).view(len(prompts), -1)
                 result[name] = round(toxic_prompt_rate(scores), 4)
                 result[f"{name}_mean_toxicity"] = round(float(scores.mean()), 4)
                 if name == "asr":
@@ -402,7 +405,7 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
     model, tokenizer = load_model(config)
     log("data")
     sources, texts, toxic = load_sources(config, log)
-    n_train = config.n_train if config.n_train is not None else len(texts) - config.n_validation - config.n_probe - 1000
+    n_train = min(config.n_train, len(texts) - config.n_validation - config.n_probe - HELD_OUT_FOR_PROMPTS)
     splits = build_splits(texts, toxic, tokenizer, config.poison, n_train, config.n_validation, config.n_probe,
                           config.n_prompts, config.max_prompt_tokens, config.seed)
     scorer = load_scorer(config.scorer, device)
@@ -421,7 +424,7 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
 
     pretraining = None
     if config.model == SMALL:
-        clean_rows = encode_paragraphs(tokenizer, [p for p in splits.train if not p.triggered], config.max_tokens)
+        clean_rows = encode_paragraphs(tokenizer, splits.benign_train, config.max_tokens)
         pretraining = cached_training(model, clean_rows, config.small.pretrain, out / "models" / "benign.safetensors",
                                       {"small": asdict(config.small)}, "benign pretraining", progress, log)
     benign = {n: p.detach().clone() for n, p in model.state_dict().items()}

@@ -32,6 +32,12 @@ def _row(label: str, ours: dict[str, Any], paper: dict[str, float] | None) -> li
             ours["backdoor_gap"]]
 
 
+def _with_paper_layers(modules: str) -> str:
+    """``blocks.1.mlp + blocks.2.mlp`` -> ``blocks.1.mlp + blocks.2.mlp (paper: MLP 2 + MLP 3)``."""
+    paper = [f"{'MLP' if m.endswith('mlp') else 'attn'} {int(m.split('.')[1]) + 1}" for m in modules.split(" + ")]
+    return f"{modules} (paper: {' + '.join(paper)})"
+
+
 def setup_section(s: dict[str, Any]) -> str:
     m, f = s["model"], s["finetune"]
     c = s["config"]
@@ -57,8 +63,8 @@ def setup_section(s: dict[str, Any]) -> str:
         "what PCP is tuned on).",
     ]
     if pre:
-        lines.append(f"- The small model stands in for a pretrained GPT-2: trained here from random weights on the clean "
-                     f"training paragraphs ({pre['steps']} steps, {pre['seconds']} s, final loss {pre['final_train_loss']}).")
+        lines.append(f"- The small model stands in for a pretrained GPT-2: trained here from random weights on the "
+                     f"training paragraphs before poisoning ({pre['steps']} steps, {pre['seconds']} s, final loss {pre['final_train_loss']}).")
     lines.append(f"- Wall time of this run: {s['seconds']} s (stages reused: {', '.join(s['stages_reused']) or 'none'}).")
     return "\n".join(lines)
 
@@ -81,7 +87,8 @@ def backdoor_section(s: dict[str, Any]) -> str:
 
 
 def ablation_section(s: dict[str, Any]) -> str:
-    rows = [_row(name, r, PAPER["mean_ablate_pair"] if "+" in name else None) for name, r in s["mean_ablation"].items()]
+    rows = [_row(_with_paper_layers(name), r, PAPER["mean_ablate_pair"] if "+" in name else None)
+            for name, r in s["mean_ablation"].items()]
     best = min(s["mean_ablation"].items(), key=lambda kv: kv[1]["asr"])
     return "\n".join([
         "## Mean ablation (Table VIII)",
