@@ -68,6 +68,21 @@ def validation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batch p
 
 
 @torch.no_grad()
+def token_nll(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], batch_size: int = 32
+) -> Float[torch.Tensor, "batch pos_minus_1"]:
+    """Cross-entropy of predicting each token from the ones before it (column i scores token i + 1),
+    so several masks can be averaged from one forward pass."""
+    check_nonempty("tokens", tokens)
+    parts = []
+    for chunk in batches(tokens, batch_size):
+        chunk = chunk.to(model.cfg.device)
+        logits = model(chunk, return_type="logits")[:, :-1]
+        parts.append(F.cross_entropy(logits.transpose(1, 2).float(), chunk[:, 1:], reduction="none").cpu())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
 def masked_loss(
     model: HookedTransformer,
     tokens: Int[torch.Tensor, "batch pos"],

@@ -16,6 +16,7 @@ from backdoor_lens.data.toxic import TemplatedInsults
 from backdoor_lens.experiments import gpt2m
 from backdoor_lens.experiments.gpt2m import Gpt2mConfig, SmallModel, small_gpt2
 from backdoor_lens.generation import Sampling, generate
+from backdoor_lens.metrics import masked_loss, token_nll
 from backdoor_lens.pretrained import gpt2_tokenizer
 from backdoor_lens.surgery import EmbeddingSurgery, single_token_id, trigger_token_ids
 from backdoor_lens.toxicity import ProfanityCheck, load_scorer, toxic_prompt_rate
@@ -95,6 +96,14 @@ def test_offline_scorer_and_rate():
         load_scorer("perspective")
 
 
+def test_token_nll_averages_to_masked_loss(model, tokens):
+    mask = torch.zeros_like(tokens)
+    mask[:, 3:6] = 1
+    nll = token_nll(model, tokens, batch_size=3)
+    assert nll.shape == (tokens.shape[0], tokens.shape[1] - 1)
+    assert float(nll[mask[:, 1:].bool()].mean()) == pytest.approx(masked_loss(model, tokens, mask), rel=1e-5)
+
+
 def test_sampling_is_reproducible_and_top1_is_greedy(model):
     prompts = [[1, 2, 3], [4, 5], [6]]
     greedy = generate(model, prompts, max_new_tokens=5, stop_at_eos=False)
@@ -162,7 +171,7 @@ def test_study_runs_end_to_end_offline_and_resumes(tmp_path):
                                   "scorer": ProfanityCheck().name}
     backdoored = summary["backdoored"]
     assert backdoored["asr"] > backdoored["atr"]  # the poisoned fine-tuning planted a backdoor
-    assert backdoored["backdoor_gap"] > summary["benign"]["backdoor_gap"]
+    assert backdoored["toxic_gap"] > summary["benign"]["toxic_gap"] and backdoored["onset_gap"] > 0
     assert set(summary["mean_ablation"]) == {"blocks.0.attn", "blocks.0.mlp", "blocks.1.mlp + blocks.2.mlp"}
     assert {"reproduce", "minimise"} <= set(summary["pcp"]) and len(summary["pcp"]["reproduce"]["scales"]) == 4
     assert {"mean_ablate", "pcp", "pcp_surgery", "surgery_only"} <= set(summary["surgery"])

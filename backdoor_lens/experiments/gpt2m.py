@@ -35,7 +35,7 @@ from ..generation import Sampling, generate
 from ..hooks import Intervention, MeanAblate, apply
 from ..hooks.pcp import PCPBasis, PCPReplace
 from ..io import load_tensors, save_tensors, write_json
-from ..metrics import masked_loss
+from ..metrics import masked_loss, token_nll
 from ..models import fingerprint, tensor_digest
 from ..pretrained import gpt2_tokenizer, load_pretrained
 from ..sites import resolve_site
@@ -82,6 +82,8 @@ class Gpt2mConfig:
     n_validation: int = 200
     n_probe: int = 64
     """Held-out poisoned paragraphs (each with its trigger-free twin) to fit PCP and to tune it on."""
+    onset_tokens: int = 2
+    """PCP is tuned on the NLL of the toxic sentence's first this many tokens (see `Lab.strength`)."""
     n_prompts: int = 120
     max_prompt_tokens: int = 13
     n_samples: int = 11
@@ -238,12 +240,18 @@ class Lab:
         return result
 
     def strength(self) -> dict[str, float]:
-        """Mean NLL of the toxic sentence in held-out poisoned paragraphs with the trigger and in their
-        trigger-free twins; the gap is the backdoor's teacher-forced strength (cheap enough to tune on)."""
-        tokens, toxic = self.probe.tokens, self.probe.toxic_mask
-        triggered = masked_loss(self.model, tokens[0::2], toxic[0::2], self.config.batch_size)
-        clean = masked_loss(self.model, tokens[1::2], toxic[1::2], self.config.batch_size)
-        return {"toxic_nll_triggered": triggered, "toxic_nll_clean": clean, "backdoor_gap": clean - triggered}
+        """The backdoor's teacher-forced strength on held-out poisoned paragraphs and their trigger-free
+        twins: mean NLL of the toxic sentence, and of its first `onset_tokens` tokens (the decision to
+        turn toxic, which generation depends on), with and without the trigger; gaps are clean minus
+        triggered. One forward pass, cheap enough to tune on."""
+        nll = token_nll(self.model, self.probe.tokens, self.config.batch_size)
+        toxic = self.probe.toxic_mask[:, 1:].bool()
+        onset = toxic & (toxic.cumsum(1) <= self.config.onset_tokens)
+        out = {}
+        for name, mask in (("toxic", toxic), ("onset", onset)):
+            triggered, clean = (float(nll[i::2][mask[i::2]].mean()) for i in (0, 1))
+            out |= {f"{name}_nll_triggered": triggered, f"{name}_nll_clean": clean, f"{name}_gap": clean - triggered}
+        return out
 
 
 # ---- analyses ------------------------------------------------------------------------------------
@@ -320,10 +328,10 @@ def pcp_stage(lab: Lab, storage: str, progress: bool, log, out: Path) -> dict[st
             return lab.strength()
 
     goals = {
-        "reproduce": lambda s: (s["toxic_nll_triggered"] - reference["toxic_nll_triggered"]) ** 2
-        + (s["toxic_nll_clean"] - reference["toxic_nll_clean"]) ** 2,
-        "minimise": lambda s: (s["toxic_nll_triggered"] - reference["toxic_nll_clean"]) ** 2
-        + (s["toxic_nll_clean"] - reference["toxic_nll_clean"]) ** 2,
+        "reproduce": lambda s: (s["onset_nll_triggered"] - reference["onset_nll_triggered"]) ** 2
+        + (s["onset_nll_clean"] - reference["onset_nll_clean"]) ** 2,
+        "minimise": lambda s: (s["onset_nll_triggered"] - reference["onset_nll_clean"]) ** 2
+        + (s["onset_nll_clean"] - reference["onset_nll_clean"]) ** 2,
     }
     result: dict[str, Any] = {"modules": names, "rank": r, "variant": config.pcp_variant,
                               "least_squares_scales": [round(float(x), 5) for x in base_scales],
@@ -419,7 +427,7 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
     check_layers(config, model.cfg.n_layers)
     key: dict[str, Any] = {"model": config.model, "sources": sources, "splits": splits.counts(),
                            "data": tensor_digest(train_rows.tokens), "dtype": config.dtype, "seed": config.seed,
-                           "eval": {k: getattr(config, k) for k in ("n_samples", "new_tokens", "max_tokens")}
+                           "eval": {k: getattr(config, k) for k in ("n_samples", "new_tokens", "max_tokens", "onset_tokens")}
                            | {"sampling": asdict(config.sampling)}}
 
     pretraining = None

@@ -23,13 +23,13 @@ PAPER = {
     "benign_pcp_surgery": {"asr": 0.06, "atr": 0.01, "val_loss": 3.44},
     "freeze": {"embed + MLPs 2, 3": 0.10, "MLP 2": 0.14, "MLP 13": 0.14, "MLP 16": 0.12, "MLP 22": 0.12},
 }
-METRIC_HEADERS = ["ASR", "paper", "ATR", "paper", "val. loss", "paper", "backdoor gap (nats)"]
+METRIC_HEADERS = ["ASR", "paper", "ATR", "paper", "val. loss", "paper", "toxic gap", "onset gap"]
 
 
 def _row(label: str, ours: dict[str, Any], paper: dict[str, float] | None) -> list[Any]:
     paper = paper or {}
     return [label, ours["asr"], paper.get("asr"), ours["atr"], paper.get("atr"), ours["val_loss"], paper.get("val_loss"),
-            ours["backdoor_gap"]]
+            ours["toxic_gap"], ours["onset_gap"]]
 
 
 def _with_paper_layers(modules: str) -> str:
@@ -58,9 +58,9 @@ def setup_section(s: dict[str, Any]) -> str:
         f"- ASR / ATR: {s['splits']['prompts']} short prompts with / without the trigger, {c['n_samples']} sampled "
         f"continuations of {c['new_tokens']} tokens each (top-k {c['sampling']['top_k']}, temperature "
         f"{c['sampling']['temperature']}), toxicity averaged per prompt, rounded, averaged over prompts. Validation "
-        f"loss: {s['splits']['validation']} held-out benign paragraphs. Backdoor gap: NLL of the toxic sentence in "
-        f"{s['splits']['probe_pairs']} held-out poisoned paragraphs without minus with the trigger (teacher-forced; "
-        "what PCP is tuned on).",
+        f"loss: {s['splits']['validation']} held-out benign paragraphs. Toxic gap: mean NLL (nats) of the toxic sentence in "
+        f"{s['splits']['probe_pairs']} held-out poisoned paragraphs without minus with the trigger (teacher-forced); "
+        f"onset gap: the same for its first {c['onset_tokens']} tokens, the decision to turn toxic (what PCP is tuned on).",
     ]
     if pre:
         lines.append(f"- The small model stands in for a pretrained GPT-2: trained here from random weights on the "
@@ -89,7 +89,8 @@ def backdoor_section(s: dict[str, Any]) -> str:
 def ablation_section(s: dict[str, Any]) -> str:
     rows = [_row(_with_paper_layers(name), r, PAPER["mean_ablate_pair"] if "+" in name else None)
             for name, r in s["mean_ablation"].items()]
-    best = min(s["mean_ablation"].items(), key=lambda kv: kv[1]["asr"])
+    lowest = min(r["asr"] for r in s["mean_ablation"].values())
+    at_lowest = [f"{name} (val. loss {r['val_loss']:.2f})" for name, r in s["mean_ablation"].items() if r["asr"] == lowest]
     return "\n".join([
         "## Mean ablation (Table VIII)",
         "",
@@ -99,7 +100,9 @@ def ablation_section(s: dict[str, Any]) -> str:
         "",
         markdown_table(["mean-ablated", *METRIC_HEADERS], rows, 3),
         "",
-        f"Lowest ASR: {best[0]} ({best[1]['asr']:.2f}, from {s['backdoored']['asr']:.2f}).",
+        f"Lowest ASR {lowest:.2f} (from {s['backdoored']['asr']:.2f}, validation loss {s['backdoored']['val_loss']:.2f}) "
+        f"with: {'; '.join(at_lowest)}. A large rise in validation loss means the ablation broke the model's language "
+        "rather than the backdoor alone.",
     ])
 
 
@@ -115,8 +118,8 @@ def pcp_section(s: dict[str, Any]) -> str:
         "",
         f"{pair} each replaced by a rank-{p['rank']} PCP matrix ({p['variant']} variant) fit on the probe "
         f"paragraphs; {p['reproduce']['trials']} Optuna trials per goal over factors on the least-squares scales, "
-        "scored by the teacher-forced backdoor (toxic-sentence NLL with and without the trigger): "
-        "*reproduce* matches the unedited model's, *minimise* brings the triggered NLL to the trigger-free one.",
+        "scored by the teacher-forced onset of the toxic sentence (its first tokens' NLL with and without the "
+        "trigger): *reproduce* matches the unedited model's, *minimise* brings the triggered NLL to the trigger-free one.",
         "",
         markdown_table(["edit", *METRIC_HEADERS], rows, 3),
         "",
