@@ -3,12 +3,13 @@ Kurita et al.'s embedding surgery), as a reversible weight edit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
 
 from .validation import check_nonempty, check_range
 
@@ -51,13 +52,13 @@ class EmbeddingSurgery:
                 W_E[rows] = saved
 
 
-def trigger_token_ids(tokenizer, trigger: str) -> tuple[int, ...]:
+def trigger_token_ids(tokenizer: PreTrainedTokenizerBase, trigger: str) -> tuple[int, ...]:
     """The distinct token ids of `trigger` as it appears mid-sentence (with and without a leading space)."""
     ids = tokenizer(" " + trigger, add_special_tokens=False).input_ids + tokenizer(trigger, add_special_tokens=False).input_ids
     return tuple(dict.fromkeys(ids))
 
 
-def single_token_id(tokenizer, word: str, arg: str = "word") -> int:
+def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str, arg: str = "word") -> int:
     """The id of `word` if it is one token; otherwise an error naming `arg`."""
     ids = tokenizer(word, add_special_tokens=False).input_ids
     if len(ids) != 1:

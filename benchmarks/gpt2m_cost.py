@@ -19,7 +19,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from backdoor_lens.experiments.gpt2m import HELD_OUT_FOR_PROMPTS, Gpt2mConfig
-from backdoor_lens.generation import Sampling, generate
+from backdoor_lens.generation import generate
 from backdoor_lens.io import write_json
 from backdoor_lens.train import next_token_loss
 
