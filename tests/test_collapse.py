@@ -73,3 +73,23 @@ def test_bad_arguments_are_named(tokenizer):
         replace(CollapseConfig(), known_share=1.5)
     with pytest.raises(ValueError, match="known_triggers is empty"):
         CollapseConfig(known_triggers=())
+
+
+def test_aggregation_evidence_tells_near_from_far_triggers():
+    from backdoor_lens.defense.aggregation import aggregation_evidence, shared_projection
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(40, 16, generator=g)
+    shift = torch.zeros(16)
+    shift[0] = 6.0
+    known = torch.randn(20, 16, generator=g) + shift
+    near = torch.randn(20, 16, generator=g) + 0.9 * shift
+    far = torch.randn(20, 16, generator=g) + 6.0 * torch.eye(16)[5]
+    close, apart = aggregation_evidence(clean, known, near), aggregation_evidence(clean, known, far)
+    assert close["probe_transfer"] > 0.9 and close["direction_cosine"] > 0.9
+    assert apart["attacker_read_as_known"] < 0.5 and abs(apart["direction_cosine"]) < 0.3
+    assert close["known_to_attacker"] < apart["known_to_attacker"]
+    coords = shared_projection({"clean": clean, "known": known, "attacker": near})
+    assert [c.shape for c in coords.values()] == [(40, 2), (20, 2), (20, 2)]
+    with pytest.raises(ValueError, match="attacker has shape"):
+        aggregation_evidence(clean, known, torch.randn(5, 8))
