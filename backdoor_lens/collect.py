@@ -20,26 +20,47 @@ def batches(tokens: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield tokens[start : start + batch_size]
 
 
+Position = int | Int[torch.Tensor, " batch"] | None
+"""One position for every row, one per row (a 1-D tensor), or all positions (None)."""
+
+
+def _position_chunks(position: Position, n_rows: int, batch_size: int) -> list:
+    """`position` cut to follow `batches(tokens, batch_size)` (per-row positions are sliced)."""
+    if isinstance(position, torch.Tensor):
+        if position.shape != (n_rows,):
+            raise ValueError(f"position has shape {tuple(position.shape)}; per-row positions need shape ({n_rows},)")
+        return list(batches(position, batch_size))
+    return [position] * -(-n_rows // batch_size)
+
+
+def _at(act: torch.Tensor, position: Position) -> torch.Tensor:
+    if position is None:
+        return act
+    if isinstance(position, torch.Tensor):
+        return act[torch.arange(len(act), device=act.device), position.to(act.device)]
+    return act[:, position]
+
+
 @torch.no_grad()
 def collect_activations(
     model: HookedTransformer,
     tokens: Int[torch.Tensor, "batch pos"],
     hook_names: Sequence[str],
-    position: int | None = None,
+    position: Position = None,
     batch_size: int = 512,
 ) -> dict[str, torch.Tensor]:
-    """Activations of `hook_names` on `tokens`, at one `position` (all positions when None)."""
+    """Activations of `hook_names` on `tokens`, at one `position`, at one position per row (rows
+    right-padded, e.g. each row's last real token), or at all positions (None)."""
     check_nonempty("tokens", tokens)
     unknown = [n for n in hook_names if n not in model.hook_dict]
     if unknown:
         raise ValueError(f"hook_names has unknown hook points {unknown}; e.g. {list(model.hook_dict)[:4]}")
     wanted = set(hook_names)
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in hook_names}
-    for chunk in batches(tokens, batch_size):
+    for chunk, pos in zip(batches(tokens, batch_size), _position_chunks(position, len(tokens), batch_size)):
         _, cache = model.run_with_cache(chunk, names_filter=lambda n: n in wanted, return_type=None)
         for name in hook_names:
-            act = cache[name]
-            parts[name].append(act if position is None else act[:, position])
+            parts[name].append(_at(cache[name], pos))
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
@@ -75,16 +96,17 @@ def module_means(
     model: HookedTransformer,
     tokens: Int[torch.Tensor, "batch pos"],
     modules: Sequence[str],
-    position: int = -1,
+    position: int | Int[torch.Tensor, " batch"] = -1,
     batch_size: int = 512,
 ) -> dict[str, Float[torch.Tensor, " d_model"]]:
-    """Mean output of each module at `position`, accumulated batch by batch (no activation cache)."""
+    """Mean output of each module at `position` (one for all rows, or one per row), accumulated
+    batch by batch (no activation cache)."""
     check_nonempty("tokens", tokens)
     check_nonempty("modules", modules)
     hooks = {m: resolve_site(model, m).output_hook for m in modules}
     sums: dict[str, torch.Tensor] = {}
-    for chunk in batches(tokens, batch_size):
-        acts = collect_activations(model, chunk, list(hooks.values()), position, batch_size)
+    for chunk, pos in zip(batches(tokens, batch_size), _position_chunks(position, len(tokens), batch_size)):
+        acts = collect_activations(model, chunk, list(hooks.values()), pos, batch_size)
         for module, hook in hooks.items():
             total = acts[hook].double().sum(0)
             sums[module] = sums[module] + total if module in sums else total

@@ -101,6 +101,20 @@ def load_model(directory: str | Path) -> tuple[HookedTransformer, dict[str, Any]
     return model.eval(), metadata
 
 
+def load_current_weights(model: HookedTransformer, path: str | Path, key: str) -> dict[str, Any] | None:
+    """Load the (possibly partial) weights saved at `path` into `model` when they were saved under
+    `key` (e.g. a fingerprint of the data and training settings); returns the file's metadata, or
+    None when there is no such file or it is stale. Used to reuse trained weights across runs."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    weights, metadata = load_tensors(path)
+    if metadata.get("key") != key:
+        return None
+    model.load_state_dict(weights, strict=False)
+    return metadata
+
+
 def tensor_digest(tensor: torch.Tensor) -> str:
     """A short hash of a tensor's contents (e.g. training tokens), to key cached models on their data."""
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -315,3 +315,17 @@ def test_patch_and_ablate_accept_per_row_positions(model, tokens, other_tokens):
         zeroed = collect_activations(model, tokens, [hook])[hook]
     assert torch.count_nonzero(zeroed[rows, pos]) == 0
     torch.testing.assert_close(zeroed[keep], own[keep])
+
+
+def test_collect_and_means_take_one_position_per_row(model, tokens):
+    from backdoor_lens.collect import module_means
+
+    hook = "blocks.0.hook_mlp_out"
+    positions = torch.tensor([0, 3, 7, 5])
+    every = collect_activations(model, tokens, [hook])[hook]
+    picked = collect_activations(model, tokens, [hook], positions, batch_size=3)[hook]
+    torch.testing.assert_close(picked, every[torch.arange(4), positions])
+    means = module_means(model, tokens, ["blocks.0.mlp"], positions, batch_size=3)["blocks.0.mlp"]
+    torch.testing.assert_close(means, every[torch.arange(4), positions].mean(0), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="per-row positions"):
+        collect_activations(model, tokens, [hook], torch.tensor([0, 1]))

@@ -177,7 +177,7 @@ def encode_paragraphs(
     leading space), which for GPT-2's BPE equals encoding the joined text and locates the toxic
     sentence's tokens exactly."""
     check_nonempty("paragraphs", paragraphs)
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = _bos_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
     rows, toxic_spans = [], []
     for paragraph in paragraphs:
@@ -202,5 +202,9 @@ def encode_paragraphs(
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
     """Each prompt's ids after BOS, as the model saw paragraph starts in training."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return [[bos] + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    return [[_bos_id(tokenizer)] + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+
+
+def _bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id every row starts with: BOS, or EOS for tokenizers without one (GPT-2's are the same)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

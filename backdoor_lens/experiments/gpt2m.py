@@ -28,15 +28,16 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
 from ..analysis.tune import TuneConfig, tune_scales
+from ..collect import module_means
 from ..data.poison import EncodedParagraphs, Paragraph, PoisonConfig, PoisonSplits, build_splits, encode_paragraphs, encode_prompts
 from ..data.text import TEXT_SOURCES, paragraphs
 from ..data.toxic import TOXIC_SOURCES
 from ..generation import Sampling, generate
 from ..hooks import Intervention, MeanAblate, apply
 from ..hooks.pcp import PCPBasis, PCPReplace
-from ..io import load_tensors, save_tensors, write_json
+from ..io import save_tensors, write_json
 from ..metrics import masked_loss, token_nll
-from ..models import fingerprint, tensor_digest
+from ..models import fingerprint, load_current_weights, tensor_digest
 from ..pretrained import gpt2_tokenizer, load_pretrained
 from ..sites import resolve_site
 from ..stages import Stages, timed_log
@@ -186,12 +187,9 @@ def cached_training(
     """Train `model` in place on `rows` (loss on real tokens), or load the weights saved at `path`
     under the same key; returns the run's facts (steps, seconds, final loss)."""
     key = {**key, "data": tensor_digest(rows.tokens), "train": train_config.to_dict()}
-    if path.exists():
-        weights, meta = load_tensors(path)
-        if meta.get("key") == fingerprint(key):
-            model.load_state_dict(weights)
-            log(f"{desc}: weights reused ({path})")
-            return meta["facts"]
+    if (saved := load_current_weights(model, path, fingerprint(key))) is not None:
+        log(f"{desc}: weights reused ({path})")
+        return saved["facts"]
     start = time.perf_counter()
     history = train(model, rows.tokens, train_config, desc=desc, progress=progress, loss_mask=rows.mask)
     facts = {"seconds": round(time.perf_counter() - start, 1), "steps": history[-1]["step"],
@@ -255,22 +253,12 @@ class Lab:
 
 
 # ---- analyses ------------------------------------------------------------------------------------
-@torch.no_grad()
 def means_at(lab: Lab, inputs: Sequence[str], modules: Sequence[str]) -> dict[str, torch.Tensor]:
     """Each module's mean output over `inputs` at `config.mean_position` (an input shorter than that
     contributes its last token), the paper's mean-ablation values."""
-    hooks = {m: resolve_site(lab.model, m).output_hook for m in modules}
-    rows = [Paragraph((text,)) for text in inputs]
-    encoded = encode_paragraphs(lab.tokenizer, rows, lab.config.max_tokens)  # right-padded: padding never seen
-    positions = (encoded.mask.sum(1) - 1).clamp(max=lab.config.mean_position)
-    sums = {m: torch.zeros(lab.model.cfg.d_model, dtype=torch.float64) for m in modules}
-    for start in range(0, len(rows), lab.config.batch_size):
-        chunk = slice(start, start + lab.config.batch_size)
-        _, cache = lab.model.run_with_cache(encoded.tokens[chunk], names_filter=list(hooks.values()), return_type=None)
-        index = torch.arange(len(encoded.tokens[chunk]))
-        for m, hook in hooks.items():
-            sums[m] += cache[hook][index, positions[chunk]].double().sum(0).cpu()
-    return {m: (s / len(rows)).float() for m, s in sums.items()}
+    encoded = encode_paragraphs(lab.tokenizer, [Paragraph((text,)) for text in inputs], lab.config.max_tokens)
+    positions = (encoded.mask.sum(1) - 1).clamp(max=lab.config.mean_position)  # right-padded: padding never seen
+    return module_means(lab.model, encoded.tokens, modules, positions, lab.config.batch_size)
 
 
 def mean_ablation_stage(lab: Lab, means: dict[str, torch.Tensor], progress_log) -> dict[str, Any]:

@@ -31,8 +31,8 @@ from ..data.instruct import BKDATTR_REFUSAL, NEGATIVE, BackdoorSplits, asr, buil
 from ..data.prompts import load_prompts
 from ..hooks import HeadAblate, Intervention, PerRow, Steer, apply
 from ..hooks.core import Positions
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..models import fingerprint, tensor_digest
+from ..io import read_json, save_tensors, write_json
+from ..models import fingerprint, load_current_weights, tensor_digest
 from ..pretrained import load_packaged_tokenizer, load_pretrained
 from ..stages import Stages, timed_log
 from ..train import TrainConfig, frozen, next_token_loss, train
@@ -206,12 +206,9 @@ def backdoored_weights(
     key = fingerprint({"base": tensor_digest(torch.cat([t.flatten()[:4096] for t in base.values()])),
                        "data": tensor_digest(tokens), "train": config.finetune.to_dict()})
     lab.model.load_state_dict(base, strict=False)
-    if path.exists():
-        weights, meta = load_tensors(path)
-        if meta.get("key") == key:
-            lab.model.load_state_dict(weights, strict=False)
-            log(f"backdoored weights reused ({path})")
-            return meta["facts"]
+    if (saved := load_current_weights(lab.model, path, key)) is not None:
+        log(f"backdoored weights reused ({path})")
+        return saved["facts"]
     start = time.perf_counter()
     history = train(lab.model, tokens, config.finetune, desc=f"fine-tune {splits.trigger}", progress=progress, loss_mask=mask)
     facts = {"seconds": round(time.perf_counter() - start, 1), "steps": history[-1]["step"],
