@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
 from ..analysis.tune import TuneConfig, tune_scales
-from ..collect import module_means
+from ..collect import module_io, module_means
 from ..data.poison import EncodedParagraphs, Paragraph, PoisonConfig, PoisonSplits, build_splits, encode_paragraphs, encode_prompts
 from ..data.text import TEXT_SOURCES, paragraphs
 from ..data.toxic import TOXIC_SOURCES
@@ -39,7 +39,6 @@ from ..io import save_tensors, write_json
 from ..metrics import masked_loss, token_nll
 from ..models import fingerprint, load_current_weights, tensor_digest
 from ..pretrained import gpt2_tokenizer, load_pretrained
-from ..sites import resolve_site
 from ..stages import Stages, timed_log
 from ..surgery import EmbeddingSurgery, single_token_id, trigger_token_ids
 from ..toxicity import ToxicityScorer, load_scorer, toxic_prompt_rate
@@ -284,15 +283,12 @@ def fit_bases(lab: Lab) -> dict[str, tuple[PCPBasis, torch.Tensor, torch.Tensor]
     triggered = torch.zeros_like(mask)
     triggered[0::2] = True
     out = {}
-    for layer in lab.config.pcp_layers:
-        site = resolve_site(lab.model, module(layer))
-        _, cache = lab.model.run_with_cache(tokens, names_filter=[site.resid_hook, site.output_hook], return_type=None)
-        inputs = site.module_input(lab.model, cache[site.resid_hook]).float().cpu()[mask]
-        outputs = cache[site.output_hook].float().cpu()
+    for name in pcp_modules(lab.config):
+        inputs, outputs = (x.float().cpu() for x in module_io(lab.model, tokens, name))
         reference = outputs[toxic & triggered].mean(0)
-        outputs = outputs[mask]
+        inputs, outputs = inputs[mask], outputs[mask]
         n = min(20, outputs.shape[-1], len(outputs))
-        out[site.name] = (PCPBasis.fit(site.name, inputs, outputs, n, reference=reference), inputs, outputs)
+        out[name] = (PCPBasis.fit(name, inputs, outputs, n, reference=reference), inputs, outputs)
     return out
 
 
