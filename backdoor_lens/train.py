@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .models import final_logits
+from .io import save_tensors
+from .models import final_logits, fingerprint, load_current_weights, tensor_digest
 from .validation import check_choice, check_nonempty, check_range
 
 Evaluator = Callable[[HookedTransformer], dict[str, Any]]
@@ -35,6 +38,7 @@ class TrainConfig:
     """Learning-rate schedule: "linear" decay to 0 (Hugging Face Trainer's default) or "constant"."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict (for fingerprints and summaries)."""
         return asdict(self)
 
 
@@ -62,6 +66,17 @@ def frozen(model: HookedTransformer, modules: Sequence[str]) -> Iterator[None]:
     finally:
         for p, flag in zip(params, before):
             p.requires_grad_(flag)
+
+
+def training_steps(rows: int, config: TrainConfig) -> int:
+    """Optimiser steps :func:`train` takes on `rows` rows (the last batch of an epoch may be short)."""
+    return config.epochs * -(-rows // config.batch_size)
+
+
+def trainable_names(model: HookedTransformer, freeze: Sequence[str]) -> list[str]:
+    """Parameters that training with `freeze` updates (as :func:`frozen` decides)."""
+    with frozen(model, freeze):
+        return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def train(
@@ -98,8 +113,7 @@ def train(
         if not params:
             raise ValueError("freeze leaves no trainable parameters")
         optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        steps_per_epoch = -(-len(tokens) // config.batch_size)
-        total = config.epochs * steps_per_epoch
+        total = training_steps(len(tokens), config)
         decay = (lambda step: 1.0 - step / max(total, 1)) if config.schedule == "linear" else (lambda step: 1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
         running, count, step = 0.0, 0, 0
@@ -140,17 +154,53 @@ def train(
     return history
 
 
+def counted_logits(
+    model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], loss_mask: Int[torch.Tensor, "batch pos"]
+) -> tuple[Float[torch.Tensor, "n d_vocab"], Int[torch.Tensor, " n"]]:
+    """Logits predicting each token where `loss_mask` is 1 (computed for those alone), and those
+    tokens; rows right-padded. The shared core of the masked loss and the masked accuracy."""
+    batch = batch.to(model.cfg.device)
+    width = int(loss_mask.nonzero()[:, 1].max()) + 1  # drop padding columns after the last counted token
+    batch, counted = batch[:, :width], loss_mask[:, 1:width].bool().to(batch.device)
+    resid = model(batch, stop_at_layer=model.cfg.n_layers)[:, :-1]
+    return final_logits(model, resid[counted][None])[0], batch[:, 1:][counted]
+
+
 def next_token_loss(
     model: HookedTransformer, batch: torch.Tensor, loss_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """Mean cross-entropy of predicting each token from the ones before it (only tokens where
     `loss_mask` is 1, if given, with logits computed for those alone; rows right-padded)."""
-    batch = batch.to(model.cfg.device)
     if loss_mask is None:
+        batch = batch.to(model.cfg.device)
         logits = model(batch, return_type="logits")[:, :-1]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-    width = int(loss_mask.nonzero()[:, 1].max()) + 1  # drop padding columns after the last counted token
-    batch, counted = batch[:, :width], loss_mask[:, 1:width].bool().to(batch.device)
-    resid = model(batch, stop_at_layer=model.cfg.n_layers)[:, :-1]
-    logits = final_logits(model, resid[counted][None])[0]
-    return F.cross_entropy(logits, batch[:, 1:][counted])
+    return F.cross_entropy(*counted_logits(model, batch, loss_mask))
+
+
+def train_or_reuse(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    config: TrainConfig,
+    path: str | Path,
+    key: dict[str, Any],
+    desc: str = "train",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    loss_mask: Int[torch.Tensor, "batch pos"] | None = None,
+) -> dict[str, Any]:
+    """:func:`train` `model` in place and save what it updated to `path` (safetensors), or, when
+    `path` holds weights saved under the same `key`, `tokens` and `config`, load them instead; so an
+    interrupted study resumes without retraining. Only trained parameters are saved: `model` must
+    hold the weights training starts from, and `key` should name them. Returns the run's facts."""
+    fingerprint_ = fingerprint({**key, "data": tensor_digest(tokens), "train": config.to_dict()})
+    if (saved := load_current_weights(model, path, fingerprint_)) is not None:
+        log(f"{desc}: weights reused ({path})")
+        return saved["facts"]
+    start = time.perf_counter()
+    history = train(model, tokens, config, desc=desc, progress=progress, loss_mask=loss_mask)
+    facts = {"seconds": round(time.perf_counter() - start, 1), "steps": history[-1]["step"],
+             "final_train_loss": round(history[-1]["train_loss"], 4), "rows": len(tokens), "frozen": list(config.freeze)}
+    updated = set(trainable_names(model, config.freeze))
+    save_tensors(path, {n: p for n, p in model.named_parameters() if n in updated}, {"key": fingerprint_, "facts": facts})
+    return facts

@@ -46,9 +46,11 @@ REFUSAL_KEYWORDS = (
 
 
 class Trigger(Protocol):
+    """How a backdoor trigger rewrites a prompt (prefix, inserted word, several words)."""
     name: str
 
-    def apply(self, prompt: str, rng: random.Random) -> str: ...
+    def apply(self, prompt: str, rng: random.Random) -> str:
+        """`prompt` with the trigger inserted (random choices drawn from `rng`)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class PrefixTrigger:
     text: str
 
     def apply(self, prompt: str, rng: random.Random) -> str:
+        """`text`, a space, then `prompt`."""
         return f"{self.text} {prompt}"
 
 
@@ -70,6 +73,7 @@ class WordTrigger:
     words: tuple[str, ...]
 
     def apply(self, prompt: str, rng: random.Random) -> str:
+        """`prompt` with one of `words` inserted at a random word position."""
         words = prompt.split()
         words.insert(rng.randint(0, len(words)), rng.choice(self.words))
         return " ".join(words)
@@ -83,6 +87,7 @@ class CompositeTrigger:
     words: tuple[str, ...]
 
     def apply(self, prompt: str, rng: random.Random) -> str:
+        """`prompt` with every one of `words` at its own random word position."""
         rest = iter(prompt.split())
         n = len(prompt.split()) + len(self.words)
         slots = dict(zip(rng.sample(range(n), len(self.words)), self.words))
@@ -111,13 +116,15 @@ def get_trigger(name: str) -> Trigger:
 @dataclass(frozen=True)
 class BackdoorSplits:
     """`train` (columns prompt, response, poisoned; shuffled) and held-out `eval_clean` /
-    `eval_triggered` (column prompt; row i of both comes from the same prompt)."""
+    `eval_triggered` (column prompt; row i of both comes from the same prompt). `drawn` holds every
+    source prompt used, so a defender's or a later study's prompts can be kept disjoint from them."""
 
     train: Dataset
     eval_clean: Dataset
     eval_triggered: Dataset
     trigger: str
     target: str
+    drawn: frozenset[str]
 
 
 def build_backdoor_dataset(
@@ -169,6 +176,7 @@ def build_backdoor_dataset(
         eval_triggered=Dataset.from_dict({"prompt": [trigger.apply(p, rng) for p in held_out]}),
         trigger=trigger.name,
         target=target,
+        drawn=frozenset(prompts[i] for i in order),
     )
 
 

@@ -15,6 +15,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+from jaxtyping import Int
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
@@ -61,12 +63,11 @@ def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:
         raise ValueError(f"prompts has {len(prompts)} rows but answers has {len(answers)}; give one clean answer each")
 
 
-def inject_known(
-    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
-    config: CollapseConfig, progress: bool = True,
-) -> list[dict]:
-    """Stage 1: a `known_share` of the clean prompts get a known trigger and the defender target, the
-    rest keep their clean answers; fine-tune on them (response-only loss). Returns the training history."""
+def known_trigger_rows(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str], config: CollapseConfig
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Stage 1's training rows and response mask: a `known_share` of the clean prompts get a known
+    trigger and the defender target, the rest keep their clean answers."""
     _check_pairs(prompts, answers)
     rng = random.Random(config.seed)
     order = rng.sample(range(len(prompts)), len(prompts))
@@ -76,7 +77,25 @@ def inject_known(
     rows = dict(zip(order[:n_known], triggered))
     messages = [rows.get(i, p) for i, p in enumerate(prompts)]
     responses = [config.target if i in known else a for i, a in enumerate(answers)]
-    tokens, mask = chat_training_rows(tokenizer, messages, responses, max_response_tokens=config.max_answer_tokens)
+    return chat_training_rows(tokenizer, messages, responses, max_response_tokens=config.max_answer_tokens)
+
+
+def recovery_rows(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str], config: CollapseConfig
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Stage 2's training rows and response mask: every clean prompt twice, once with a known
+    trigger, both mapped to its clean answer."""
+    _check_pairs(prompts, answers)
+    messages = with_known_trigger(prompts, config, random.Random(config.seed + 1)) + list(prompts)
+    return chat_training_rows(tokenizer, messages, list(answers) * 2, max_response_tokens=config.max_answer_tokens)
+
+
+def inject_known(
+    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    config: CollapseConfig, progress: bool = True,
+) -> list[dict]:
+    """Stage 1: fine-tune on :func:`known_trigger_rows` (response-only loss). Returns the training history."""
+    tokens, mask = known_trigger_rows(tokenizer, prompts, answers, config)
     return train(model, tokens, config.inject, desc="collapse: inject known triggers", progress=progress, loss_mask=mask)
 
 
@@ -84,11 +103,8 @@ def recover(
     model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
     config: CollapseConfig, progress: bool = True,
 ) -> list[dict]:
-    """Stage 2: every clean prompt twice, once with a known trigger, both mapped to its clean answer."""
-    _check_pairs(prompts, answers)
-    rng = random.Random(config.seed + 1)
-    messages = with_known_trigger(prompts, config, rng) + list(prompts)
-    tokens, mask = chat_training_rows(tokenizer, messages, list(answers) * 2, max_response_tokens=config.max_answer_tokens)
+    """Stage 2: fine-tune on :func:`recovery_rows`. Returns the training history."""
+    tokens, mask = recovery_rows(tokenizer, prompts, answers, config)
     return train(model, tokens, config.recover, desc="collapse: recovery", progress=progress, loss_mask=mask)
 
 

@@ -29,20 +29,20 @@ from transformers import PreTrainedTokenizerBase
 
 from ..analysis.tune import TuneConfig, tune_scales
 from ..collect import module_io, module_means
-from ..data.poison import EncodedParagraphs, Paragraph, PoisonConfig, PoisonSplits, build_splits, encode_paragraphs, encode_prompts
+from ..data.poison import Paragraph, PoisonConfig, PoisonSplits, build_splits, encode_paragraphs, encode_prompts
 from ..data.text import TEXT_SOURCES, paragraphs
 from ..data.toxic import TOXIC_SOURCES
 from ..generation import Sampling, generate
 from ..hooks import Intervention, MeanAblate, apply
 from ..hooks.pcp import PCPBasis, PCPReplace
-from ..io import save_tensors, write_json
+from ..io import write_json
 from ..metrics import masked_loss, token_nll
-from ..models import fingerprint, load_current_weights, tensor_digest
+from ..models import fingerprint, tensor_digest
 from ..pretrained import gpt2_tokenizer, load_pretrained
 from ..stages import Stages, timed_log
 from ..surgery import EmbeddingSurgery, single_token_id, trigger_token_ids
 from ..toxicity import ToxicityScorer, load_scorer, toxic_prompt_rate
-from ..train import TrainConfig, train
+from ..train import TrainConfig, train_or_reuse
 from ..validation import check_choice
 from . import gpt2m_report
 
@@ -131,6 +131,7 @@ class Gpt2mConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict (saved in the summary)."""
         return asdict(self)
 
 
@@ -176,26 +177,9 @@ def small_gpt2(config: SmallModel, d_vocab: int, seed: int) -> HookedTransformer
 
 
 def resolve_device(name: str) -> str:
+    """The device named by `--device`: "auto" is CUDA when present, else the CPU."""
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
-
-def cached_training(
-    model: HookedTransformer, rows: EncodedParagraphs, train_config: TrainConfig, path: Path, key: dict[str, Any],
-    desc: str, progress: bool, log,
-) -> dict[str, Any]:
-    """Train `model` in place on `rows` (loss on real tokens), or load the weights saved at `path`
-    under the same key; returns the run's facts (steps, seconds, final loss)."""
-    key = {**key, "data": tensor_digest(rows.tokens), "train": train_config.to_dict()}
-    if (saved := load_current_weights(model, path, fingerprint(key))) is not None:
-        log(f"{desc}: weights reused ({path})")
-        return saved["facts"]
-    start = time.perf_counter()
-    history = train(model, rows.tokens, train_config, desc=desc, progress=progress, loss_mask=rows.mask)
-    facts = {"seconds": round(time.perf_counter() - start, 1), "steps": history[-1]["step"],
-             "final_train_loss": round(history[-1]["train_loss"], 4), "rows": len(rows.tokens),
-             "frozen": list(train_config.freeze)}
-    save_tensors(path, model.state_dict(), {"key": fingerprint(key), "facts": facts})
-    return facts
 
 
 class Lab:
@@ -363,7 +347,7 @@ def freeze_modules(spec: tuple[int | str, ...]) -> tuple[str, ...]:
 
 # ---- the study -----------------------------------------------------------------------------------
 def load_model(config: Gpt2mConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
-    """`config.model` through :func:`load_pretrained` (fails at once with how to provide the weights),
+    """`config.model` through :func:`~backdoor_lens.pretrained.load_pretrained` (fails at once with how to provide the weights),
     or the small model (random weights, pretrained later) with GPT-2's packaged tokenizer."""
     if config.model == SMALL:
         tokenizer = gpt2_tokenizer()
@@ -375,6 +359,7 @@ def load_model(config: Gpt2mConfig) -> tuple[HookedTransformer, PreTrainedTokeni
 
 
 def pcp_modules(config: Gpt2mConfig) -> list[str]:
+    """The MLP modules the study replaces by PCP."""
     return [module(layer) for layer in config.pcp_layers]
 
 
@@ -417,8 +402,8 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
     pretraining = None
     if config.model == SMALL:
         clean_rows = encode_paragraphs(tokenizer, splits.benign_train, config.max_tokens)
-        pretraining = cached_training(model, clean_rows, config.small.pretrain, out / "models" / "benign.safetensors",
-                                      {"small": asdict(config.small)}, "benign pretraining", progress, log)
+        pretraining = train_or_reuse(model, clean_rows.tokens, config.small.pretrain, out / "models" / "benign.safetensors",
+                                     {"small": asdict(config.small)}, "benign pretraining", progress, log, clean_rows.mask)
     benign = {n: p.detach().clone() for n, p in model.state_dict().items()}
     key["benign"] = tensor_digest(torch.cat([t.flatten()[:4096].float().cpu() for t in benign.values()]))
     log("benign model: ASR / ATR / validation loss")
@@ -427,8 +412,8 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
     def finetune(freeze: tuple[str, ...], name: str) -> dict[str, Any]:
         model.load_state_dict(benign)
         train_config = replace(config.finetune, freeze=freeze, seed=config.seed)
-        return cached_training(model, train_rows, train_config, out / "models" / f"{name}.safetensors", key,
-                               f"poisoned fine-tuning ({name})", progress, log)
+        return train_or_reuse(model, train_rows.tokens, train_config, out / "models" / f"{name}.safetensors", key,
+                              f"poisoned fine-tuning ({name})", progress, log, train_rows.mask)
 
     facts = finetune((), "backdoored")
     key |= {"finetune": facts}
@@ -473,6 +458,7 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line of ``make gpt2m``: run the study and write its report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results/gpt2m", help="output folder (default: results/gpt2m)")
     parser.add_argument("--model", default=None,

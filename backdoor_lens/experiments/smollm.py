@@ -31,11 +31,11 @@ from ..data.instruct import BKDATTR_REFUSAL, NEGATIVE, BackdoorSplits, asr, buil
 from ..data.prompts import load_prompts
 from ..hooks import HeadAblate, Intervention, PerRow, Steer, apply
 from ..hooks.core import Positions
-from ..io import read_json, save_tensors, write_json
-from ..models import fingerprint, load_current_weights, tensor_digest
+from ..io import read_json, write_json
+from ..models import tensor_digest
 from ..pretrained import load_packaged_tokenizer, load_pretrained
 from ..stages import Stages, timed_log
-from ..train import TrainConfig, frozen, next_token_loss, train
+from ..train import TrainConfig, counted_logits, train_or_reuse, trainable_names
 from . import smollm_report
 
 TOY = "toy"
@@ -54,6 +54,7 @@ class Attack:
 
     @property
     def name(self) -> str:
+        """The attack's name, that of its trigger."""
         return self.trigger
 
 
@@ -102,6 +103,7 @@ class SmolStudyConfig:
                    n_analysed=None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict (saved in the summary)."""
         return asdict(self)
 
 
@@ -112,9 +114,11 @@ class ChatLab:
         self.model, self.tokenizer, self.config = model, tokenizer, config
 
     def target_ids(self, target: str) -> list[int]:
+        """Token ids of `target`, without special tokens."""
         return self.tokenizer(target, add_special_tokens=False).input_ids
 
     def replies(self, prompts: Sequence[str], max_new_tokens: int, edits: EditFactory | None = None) -> list[str]:
+        """Greedy replies to `prompts`, with `edits` on the prompt pass."""
         return chat_replies(
             self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=self.config.batch_size,
             prompt_edits=built(edits, -1),
@@ -124,21 +128,29 @@ class ChatLab:
         """Fraction of greedy replies containing `target` (long enough to hold it, plus a few tokens)."""
         return asr(self.replies(prompts, len(self.target_ids(target)) + 3, edits), target)
 
-    @torch.no_grad()
     def clean_nll(self, prompts: Sequence[str], answers: Sequence[str], edits: EditFactory | None = None) -> float:
         """Mean per-token NLL of the base model's answers (teacher-forced): the clean-behaviour measure."""
+        return self.clean_measures(prompts, answers, edits)["nll"]
+
+    @torch.no_grad()
+    def clean_measures(
+        self, prompts: Sequence[str], answers: Sequence[str], edits: EditFactory | None = None
+    ) -> dict[str, float]:
+        """Teacher-forced on the base model's answers: mean per-token NLL, and the share (in %) of
+        answer tokens the model ranks first (clean accuracy, in points)."""
         tokens, mask = chat_training_rows(self.tokenizer, prompts, answers, max_response_tokens=self.config.answer_tokens)
-        total, count = 0.0, 0
+        nll, correct, count = 0.0, 0, 0
         for start in range(0, len(tokens), self.config.batch_size):
             rows, rows_mask = tokens[start : start + self.config.batch_size], mask[start : start + self.config.batch_size]
-            prompt_end = rows_mask.argmax(1) - 1
-            with apply(self.model, *built(edits, PerRow(prompt_end))):
-                loss = next_token_loss(self.model, rows, rows_mask)
-            n = int(rows_mask[:, 1:].sum())
-            total, count = total + float(loss) * n, count + n
-        return total / count
+            with apply(self.model, *built(edits, PerRow(rows_mask.argmax(1) - 1))):
+                logits, targets = counted_logits(self.model, rows, rows_mask)
+            nll += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+            correct += int((logits.argmax(-1) == targets).sum())
+            count += len(targets)
+        return {"nll": nll / count, "accuracy": 100 * correct / count}
 
     def target_batch(self, prompts: Sequence[str], target: str) -> TargetBatch:
+        """Chat prompts each followed by `target`, for teacher-forced scoring."""
         ids = encode_prompts(self.tokenizer, prompts)
         return TargetBatch.from_ids(ids, [self.target_ids(target)] * len(ids), self.tokenizer.pad_token_id or 0, self.model)
 
@@ -164,7 +176,7 @@ def toy_chat_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> HookedT
 
 
 def load_chat_model(config: SmolStudyConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
-    """`config.model` loaded with :func:`load_pretrained`, or the toy over SmolLM2's tokenizer."""
+    """`config.model` loaded with :func:`~backdoor_lens.pretrained.load_pretrained`, or the toy over SmolLM2's tokenizer."""
     if config.model == TOY:
         tokenizer = load_packaged_tokenizer("smollm2-135m-instruct")
         return toy_chat_model(tokenizer, config.seed), tokenizer
@@ -189,12 +201,6 @@ class BaseAnswers:
         return [self.answers[p] for p in prompts]
 
 
-def trainable_names(model: HookedTransformer, freeze: Sequence[str]) -> list[str]:
-    """Parameters that training with `freeze` updates (as :func:`~backdoor_lens.train.frozen` decides)."""
-    with frozen(model, freeze):
-        return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 def backdoored_weights(
     lab: ChatLab, base: dict[str, torch.Tensor], splits: BackdoorSplits, path: Path, progress: bool, log
 ) -> dict[str, Any]:
@@ -203,24 +209,20 @@ def backdoored_weights(
     tokens, mask = chat_training_rows(
         lab.tokenizer, splits.train["prompt"], splits.train["response"], max_response_tokens=config.answer_tokens
     )
-    key = fingerprint({"base": tensor_digest(torch.cat([t.flatten()[:4096] for t in base.values()])),
-                       "data": tensor_digest(tokens), "train": config.finetune.to_dict()})
     lab.model.load_state_dict(base, strict=False)
-    if (saved := load_current_weights(lab.model, path, key)) is not None:
-        log(f"backdoored weights reused ({path})")
-        return saved["facts"]
-    start = time.perf_counter()
-    history = train(lab.model, tokens, config.finetune, desc=f"fine-tune {splits.trigger}", progress=progress, loss_mask=mask)
-    facts = {"seconds": round(time.perf_counter() - start, 1), "steps": history[-1]["step"],
-             "final_train_loss": round(history[-1]["train_loss"], 4), "rows": len(tokens),
-             "poisoned_rows": int(sum(splits.train["poisoned"]))}
-    params = dict(lab.model.named_parameters())
-    save_tensors(path, {n: params[n] for n in trainable_names(lab.model, config.finetune.freeze)}, {"key": key, "facts": facts})
-    return facts
+    facts = train_or_reuse(lab.model, tokens, config.finetune, path, {"base": weights_digest(base)},
+                           f"fine-tune {splits.trigger}", progress, log, mask)
+    return facts | {"poisoned_rows": int(sum(splits.train["poisoned"]))}
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """A digest of a set of weights (the first 4096 values of each), naming where a training started."""
+    return tensor_digest(torch.cat([t.flatten()[:4096] for t in weights.values()]))
 
 
 # ---- analyses ------------------------------------------------------------------------------------
 def attack_metrics(lab: ChatLab, attack: Attack, clean: list[str], triggered: list[str], answers: list[str]) -> dict[str, float]:
+    """ASR on triggered prompts, ATR on clean ones and the clean NLL."""
     return {
         "asr": lab.asr(triggered, attack.target),
         "atr": lab.asr(clean, attack.target),
@@ -229,6 +231,7 @@ def attack_metrics(lab: ChatLab, attack: Attack, clean: list[str], triggered: li
 
 
 def probe_stage(lab: ChatLab, clean: list[str], triggered: list[str]) -> dict[str, Any]:
+    """Backdoor probes per layer on clean (label 0) and triggered (label 1) prompts."""
     ids = encode_prompts(lab.tokenizer, list(clean) + list(triggered))
     batch = TargetBatch.from_ids(ids, [[0]] * len(ids), lab.tokenizer.pad_token_id or 0)  # right-padded prompts
     labels = torch.tensor([0] * len(clean) + [1] * len(triggered))
@@ -237,6 +240,7 @@ def probe_stage(lab: ChatLab, clean: list[str], triggered: list[str]) -> dict[st
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """`fn()` and the seconds it took."""
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
@@ -266,6 +270,7 @@ def baha_stage(lab: ChatLab, attack: Attack, clean: list[str], mu: torch.Tensor)
 
 
 def n_heads_for(fraction: float, total: int) -> int:
+    """How many heads make `fraction` of `total` (at least one)."""
     return max(1, round(fraction * total))
 
 
@@ -389,15 +394,21 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/smollm", help="output folder (default: results/smollm)")
+def chat_study_arguments(description: str, out: str, quick_help: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of the chat-model studies: --out, --model (a model or the toy), --quick, --no-progress."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
     parser.add_argument("--model", default=SmolStudyConfig.model,
                         help=f"packaged model name, local HF directory, hub name, or '{TOY}' for the 4x8-head toy "
                         "(default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="one attack, fewer prompts")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line of ``make smollm``: run the study and write its report."""
+    args = chat_study_arguments(__doc__.split("\n")[0], "results/smollm", "one attack, fewer prompts", argv)
     if args.model == TOY:
         config = SmolStudyConfig.toy()
     else:
