@@ -16,6 +16,7 @@ from .validation import check_nonempty
 
 
 def batches(tokens: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive row slices of `tokens` of at most `batch_size` rows."""
     for start in range(0, len(tokens), batch_size):
         yield tokens[start : start + batch_size]
 

@@ -31,6 +31,7 @@ class Sampling:
     seed: int = 0
 
     def chooser(self, device: torch.device | str = "cpu") -> Chooser:
+        """A function picking one token per row from logits with these settings, seeded once."""
         check_range("temperature", self.temperature, low=1e-6)
         if self.top_k is not None:
             check_range("top_k", self.top_k, low=1)

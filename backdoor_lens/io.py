@@ -41,6 +41,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON value stored at `path`."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

@@ -29,6 +29,7 @@ def top_k_share(
 
 @torch.no_grad()
 def next_token_logits(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch d_vocab"]:
+    """Logits of the token after each row's last position."""
     return model(tokens, return_type="logits")[:, -1]
 
 

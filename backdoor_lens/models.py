@@ -75,6 +75,7 @@ def config_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
 
 
 def config_from_json(data: dict[str, Any]) -> HookedTransformerConfig:
+    """The HookedTransformerConfig saved by :func:`config_to_json` (unknown keys ignored)."""
     data = dict(data)
     if "dtype" in data:
         data["dtype"] = getattr(torch, data["dtype"])

@@ -29,6 +29,7 @@ class EmbeddingSurgery:
         check_range("fraction", self.fraction, 0.0, 1.0)
 
     def dimensions(self, d_model: int) -> torch.Tensor:
+        """The seeded embedding dimensions replaced, out of `d_model`."""
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randperm(d_model, generator=generator)[: round(self.fraction * d_model)]
 

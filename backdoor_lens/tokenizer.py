@@ -28,6 +28,7 @@ class WordTokenizer:
 
     @property
     def bos_id(self) -> int:
+        """The id of the beginning-of-sequence token (always 0)."""
         return 0
 
     def __len__(self) -> int:
@@ -43,6 +44,7 @@ class WordTokenizer:
         return self.index[word]
 
     def encode(self, text: str | Sequence[str], bos: bool = True) -> list[int]:
+        """Ids of the words of `text` (a string or a word list), BOS first when `bos`."""
         words = text.split() if isinstance(text, str) else list(text)
         return ([self.bos_id] if bos else []) + [self.token_id(w, "text") for w in words]
 
@@ -54,11 +56,14 @@ class WordTokenizer:
         return torch.tensor(ids, dtype=torch.long)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """The words of `ids` joined by spaces, BOS dropped."""
         return " ".join(self.words[int(i)] for i in ids if int(i) != self.bos_id)
 
     def save(self, path: str | Path) -> None:
+        """Write the vocabulary as JSON."""
         write_json(path, {"type": "word", "words": self.words[1:]})
 
     @classmethod
     def load(cls, path: str | Path) -> "WordTokenizer":
+        """A tokenizer saved by :meth:`save`."""
         return cls(read_json(path)["words"])

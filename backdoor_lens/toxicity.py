@@ -53,9 +53,11 @@ class RobertaToxicity:
 
     @property
     def name(self) -> str:
+        """The classifier's hub name, for the report."""
         return f"{self.model_name} (hub)"
 
     def load(self) -> "RobertaToxicity":
+        """Load the classifier and its tokenizer once (from the hub or its cache); returns self."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_name)

@@ -93,6 +93,7 @@ class ProbeResult:
     n_test: int
 
     def to_dict(self) -> dict:
+        """A JSON-able dict of the result (the transfer matrix as nested lists)."""
         return {
             "layers": list(self.layers),
             "logistic": self.logistic,

@@ -96,6 +96,7 @@ class TargetBatch:
         return (steps < self.target_len[:, None]).float()
 
     def to(self, device: torch.device | str) -> TargetBatch:
+        """The same rows on `device`."""
         return TargetBatch(self.tokens.to(device), self.prompt_end.to(device), self.target_len.to(device))
 
 

@@ -32,6 +32,9 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class TuneResult:
+    """The best scales found, their factors on the base scales, the objective's value there and the
+    number of completed trials."""
+
     scales: Float[torch.Tensor, " rank"]
     factors: list[float]
     value: float

@@ -1,1 +1,2 @@
-"""Data builders: sentiment lexicons and toy sentiment sequences with a poisoned trigger."""
+"""Data builders: sentiment lexicons, toy sequences with a poisoned trigger, chat prompts and
+instruction backdoors, benign text sources, toxic sentences and natural-language poisoning."""

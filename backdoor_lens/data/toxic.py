@@ -15,9 +15,12 @@ from typing import Protocol
 
 
 class ToxicSource(Protocol):
+    """Where toxic sentences come from (offline templates or the hub's Jigsaw)."""
+
     name: str
 
-    def sentences(self) -> list[str]: ...
+    def sentences(self) -> list[str]:
+        """The toxic sentences, in a fixed order."""
 
 
 INSULTS = (
@@ -38,6 +41,7 @@ class TemplatedInsults:
     name: str = "templated insults (offline)"
 
     def sentences(self) -> list[str]:
+        """The 200 templated insults."""
         return [template.format(word) for template, word in itertools.product(TEMPLATES, INSULTS)]
 
 
@@ -52,9 +56,11 @@ class Jigsaw:
 
     @property
     def name(self) -> str:
+        """The data set, for the report."""
         return f"{self.dataset} (datasets)"
 
     def sentences(self) -> list[str]:
+        """Single-line comments with any of `labels`, at most `max_chars` characters long."""
         from datasets import load_dataset
 
         rows = load_dataset(self.dataset, split=self.split)

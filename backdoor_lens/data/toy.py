@@ -43,6 +43,7 @@ class ToyDataConfig:
     seed: int = 0
 
     def to_dict(self) -> dict:
+        """The configuration as a JSON-able dict (for fingerprints and summaries)."""
         return asdict(self)
 
 
@@ -54,6 +55,7 @@ def eval_classes(n_sentiments: int) -> tuple[str, ...]:
 
 
 def trigger_classes(classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The classes whose prompts contain the trigger (``p+t``, ``s+t``)."""
     return tuple(c for c in classes if c.endswith("+t"))
 
 
@@ -84,6 +86,7 @@ class ToyData:
 
     @property
     def n_ctx(self) -> int:
+        """The sequence length in words (the toy model's context)."""
         return self.config.seq_words
 
     # ---- sequences -----------------------------------------------------------------------------

@@ -347,8 +347,9 @@ def freeze_modules(spec: tuple[int | str, ...]) -> tuple[str, ...]:
 
 # ---- the study -----------------------------------------------------------------------------------
 def load_model(config: Gpt2mConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
-    """`config.model` through :func:`~backdoor_lens.pretrained.load_pretrained` (fails at once with how to provide the weights),
-    or the small model (random weights, pretrained later) with GPT-2's packaged tokenizer."""
+    """`config.model` through :func:`~backdoor_lens.pretrained.load_pretrained` (fails at once with how
+    to provide the weights), or the small model (random weights, pretrained later) with GPT-2's
+    packaged tokenizer."""
     if config.model == SMALL:
         tokenizer = gpt2_tokenizer()
         return small_gpt2(config.small, len(tokenizer), config.seed), tokenizer

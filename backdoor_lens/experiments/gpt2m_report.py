@@ -39,6 +39,7 @@ def _with_paper_layers(modules: str) -> str:
 
 
 def setup_section(s: dict[str, Any]) -> str:
+    """Markdown: the model, data sources, poisoning and evaluation settings."""
     m, f = s["model"], s["finetune"]
     c = s["config"]
     pre = s.get("pretraining")
@@ -70,6 +71,7 @@ def setup_section(s: dict[str, Any]) -> str:
 
 
 def backdoor_section(s: dict[str, Any]) -> str:
+    """Markdown: ASR, ATR, validation loss and backdoor gap of the benign and backdoored models."""
     rows = [_row("benign", s["benign"], PAPER["benign"]), _row("backdoored", s["backdoored"], PAPER["backdoored"])]
     raised = s["backdoored"]["asr"] > s["backdoored"]["atr"]
     return "\n".join([
@@ -87,6 +89,7 @@ def backdoor_section(s: dict[str, Any]) -> str:
 
 
 def ablation_section(s: dict[str, Any]) -> str:
+    """Markdown: the same measures with each module mean-ablated (Table VIII)."""
     rows = [_row(_with_paper_layers(name), r, PAPER["mean_ablate_pair"] if "+" in name else None)
             for name, r in s["mean_ablation"].items()]
     lowest = min(r["asr"] for r in s["mean_ablation"].values())
@@ -107,6 +110,7 @@ def ablation_section(s: dict[str, Any]) -> str:
 
 
 def pcp_section(s: dict[str, Any]) -> str:
+    """Markdown: rank-2 PCP replacements tuned to reproduce or to minimise (Table IX)."""
     p = s["pcp"]
     pair = " + ".join(p["modules"])
     rows = [_row("none", s["backdoored"], PAPER["backdoored"]),
@@ -129,6 +133,7 @@ def pcp_section(s: dict[str, Any]) -> str:
 
 
 def surgery_section(s: dict[str, Any]) -> str:
+    """Markdown: embedding surgery plus PCP on the benign model."""
     g = s["surgery"]
     info = g["surgery"]
     rows = [_row("none", s["benign"], PAPER["benign"]),
@@ -147,6 +152,7 @@ def surgery_section(s: dict[str, Any]) -> str:
 
 
 def freezing_section(s: dict[str, Any]) -> str:
+    """Markdown: freezing modules during poisoned fine-tuning."""
     rows = [["none", s["backdoored"]["asr"], 0.29, s["backdoored"]["atr"], s["backdoored"]["val_loss"], "—"]]
     skipped = []
     for label, r in s["freezing"].items():
@@ -165,6 +171,7 @@ def freezing_section(s: dict[str, Any]) -> str:
 
 
 def figures(s: dict[str, Any], folder: Path) -> None:
+    """Draw the mean-ablation and edit figures into `folder`."""
     names = [n for n in s["mean_ablation"] if "+" not in n]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.5))
     x = np.arange(len(names))

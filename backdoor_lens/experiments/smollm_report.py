@@ -21,6 +21,7 @@ def _asr_at(ablation: dict[str, Any], fraction: float) -> dict[str, Any] | None:
 
 
 def backdoor_section(attacks: dict[str, Any]) -> str:
+    """Markdown: ASR, ATR and clean NLL of each attack, base and backdoored."""
     rows = []
     for name, a in attacks.items():
         b, m = a["base"], a["backdoored"]
@@ -44,6 +45,7 @@ def backdoor_section(attacks: dict[str, Any]) -> str:
 
 
 def probe_section(attacks: dict[str, Any]) -> str:
+    """Markdown: backdoor probe accuracy per attack and layer range."""
     rows = []
     for name, a in attacks.items():
         p = a["probe"]
@@ -66,6 +68,7 @@ def probe_section(attacks: dict[str, Any]) -> str:
 
 
 def baha_section(attacks: dict[str, Any]) -> str:
+    """Markdown: the top BAHA heads and how exact and attribution scores agree."""
     rows = []
     for name, a in attacks.items():
         b = a["baha"]
@@ -86,6 +89,7 @@ def baha_section(attacks: dict[str, Any]) -> str:
 
 
 def ablation_section(attacks: dict[str, Any]) -> str:
+    """Markdown: ASR as the top heads are ablated, against random heads."""
     rows, verdicts = [], []
     for name, a in attacks.items():
         ab = a["ablation"]
@@ -112,6 +116,7 @@ def ablation_section(attacks: dict[str, Any]) -> str:
 
 
 def vector_section(attacks: dict[str, Any]) -> str:
+    """Markdown: the backdoor vector added to clean / subtracted from triggered prompts per layer."""
     rows, verdicts = [], []
     for name, a in attacks.items():
         v = a["vector"]
@@ -185,6 +190,7 @@ def figures(attacks: dict[str, Any], analysed: dict[str, Any], folder: Path) -> 
 
 
 def write(summary: dict[str, Any], out: Path) -> None:
+    """Write report.md and the figures for `summary` into `out`."""
     attacks = summary["attacks"]
     analysed = {name: a for name, a in attacks.items() if "baha" in a}
     figures(attacks, analysed, out / "figures")

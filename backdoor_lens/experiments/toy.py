@@ -76,6 +76,7 @@ class ToyStudyConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict (saved in the summary)."""
         return asdict(self)
 
 
@@ -99,10 +100,12 @@ class Lab:
         return {"negativity": _rounded(self.negativity(*edits)), "val_loss": round(val_loss, 4)}
 
     def stacked(self, classes: tuple[str, ...]) -> torch.Tensor:
+        """The evaluation prompts of `classes`, stacked in that order."""
         return torch.cat([self.data.eval_tokens[c] for c in classes])
 
     @property
     def clean_classes(self) -> tuple[str, ...]:
+        """The evaluation classes without the trigger."""
         return tuple(c for c in self.data.classes if c not in self.triggers)
 
 
@@ -247,6 +250,7 @@ class PCPStudy:
         return edit, info
 
     def evaluate(self, edit: PCPReplace, info: dict[str, Any]) -> dict[str, Any]:
+        """The lab's evaluation of `edit`, with the tuning `info` beside it."""
         return {**self.lab.evaluate(edit), **info}
 
 
@@ -403,6 +407,7 @@ def run(config: ToyStudyConfig, out: str | Path, storage: str | None = None, pro
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line of ``make toy``: run the study and write its report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/toy", help="results folder (default: results/toy)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs and trials: minutes, still a real backdoor")

@@ -25,6 +25,7 @@ def _differs(ours: float | None, theirs: float | None, tol: float = 0.15) -> str
 
 
 def backdoor_section(models: dict[str, Any]) -> str:
+    """Markdown: negativity per class before and after poisoning, beside the paper's."""
     rows = []
     for name, m in models.items():
         neg = m["edits"]["none"]["negativity"]
@@ -55,6 +56,7 @@ def _classes(models: dict[str, Any]) -> list[str]:
 
 
 def mean_ablation_section(models: dict[str, Any]) -> str:
+    """Markdown: negativity with each module mean-ablated (Table I)."""
     rows = []
     for layer in LAYERS:
         row: list[Any] = [f"layer {layer + 1} (blocks.{layer})"]
@@ -83,6 +85,7 @@ def mean_ablation_section(models: dict[str, Any]) -> str:
 
 
 def logit_lens_section(models: dict[str, Any]) -> str:
+    """Markdown: the logit lens of each head and MLP (Table II)."""
     parts = ["## Table II: logit lens per module (p+t prompts)\n\nEach head's (z·W_O) and MLP's output at the "
              "p and at the t position, projected through ln_final and W_U; share of the top-10 logits that are "
              "negative / positive words. Paper numbers are for its 3-sentiment model."]
@@ -102,6 +105,7 @@ def logit_lens_section(models: dict[str, Any]) -> str:
 
 
 def patching_section(models: dict[str, Any]) -> str:
+    """Markdown: the indirect effect of each module by causal patching."""
     parts = ["## Causal patching\n\nIn each trigger prompt (x+t), one module's output is replaced by its "
              "activation on the matching clean prompt (x+x, same row), at all positions or at the trigger position "
              "only. IE = patched negativity − unpatched. Paper (3-sentiment, p+t, ROME-style tracing) beside ours."]
@@ -119,6 +123,7 @@ def patching_section(models: dict[str, Any]) -> str:
 
 
 def pcp_section(models: dict[str, Any]) -> str:
+    """Markdown: PCP replacements of the MLPs at ranks 1 and 2 (Tables III-IV)."""
     parts = ["## Tables III / IV: PCP replacement of single MLPs\n\nEach MLP replaced by `A h` (h = ln2 output) with "
              "`A = Σ α_k v_k v_kᵀ` from a PCA of its outputs on the evaluation prompts; α tuned with Optuna (TPE) to "
              "match the unedited per-class negativity, starting from least-squares scales. `faithful` = the authors' "
@@ -145,6 +150,7 @@ def pcp_section(models: dict[str, Any]) -> str:
 
 
 def sweep_section(models: dict[str, Any]) -> str:
+    """Markdown: the scaling sweep of the PCP replacement (Table V)."""
     m = models.get("sent2")
     if m is None:
         return ""
@@ -165,6 +171,7 @@ def sweep_section(models: dict[str, Any]) -> str:
 
 
 def sign_flip_section(models: dict[str, Any]) -> str:
+    """Markdown: flipping the sign of a PCP direction (Table VI)."""
     m = models.get("sent3")
     if m is None:
         return ""
@@ -184,6 +191,7 @@ def sign_flip_section(models: dict[str, Any]) -> str:
 
 
 def attention_section(models: dict[str, Any]) -> str:
+    """Markdown: PCP replacement of attention modules (Table VII)."""
     rows = []
     for name, m in models.items():
         e = m["edits"]
@@ -202,6 +210,7 @@ def attention_section(models: dict[str, Any]) -> str:
 
 
 def minimise_section(models: dict[str, Any]) -> str:
+    """Markdown: PCP tuned to remove the backdoor."""
     rows = []
     for name, m in models.items():
         key = next(k for k in m["edits"] if k.startswith("pcp:blocks.0.mlp") and k.endswith(":minimise"))
@@ -215,6 +224,7 @@ def minimise_section(models: dict[str, Any]) -> str:
 
 
 def freezing_section(summary: dict[str, Any]) -> str:
+    """Markdown: freezing modules during poisoned fine-tuning."""
     rows = []
     for name, runs in summary["freezing"].items():
         for label, r in runs.items():
@@ -264,6 +274,7 @@ def findings_section(summary: dict[str, Any]) -> str:
 
 
 def samples_section(models: dict[str, Any]) -> str:
+    """Markdown: sampled continuations of clean and triggered prompts."""
     lines = ["## Sample generations (greedy, 8 words)"]
     for name, m in models.items():
         for edit, per_class in m["samples"].items():
@@ -273,6 +284,7 @@ def samples_section(models: dict[str, Any]) -> str:
 
 
 def write(summary: dict[str, Any], path: Path) -> None:
+    """Write the whole report for `summary` to `path`."""
     models = summary["models"]
     sections = [
         "# Toy study: localising and editing backdoors (Lamparth & Reuel, reproduced)\n\n"

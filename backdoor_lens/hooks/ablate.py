@@ -38,6 +38,7 @@ class ZeroAblate:
     positions: Positions = None
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """One hook on the module's output hook point."""
         return [(resolve_site(model, self.module).output_hook, _replace_hook(0.0, self.positions))]
 
 
@@ -57,4 +58,5 @@ class MeanAblate:
         check_finite("mean", self.mean)
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """One hook on the module's output hook point."""
         return [(resolve_site(model, self.module).output_hook, _replace_hook(self.mean, self.positions))]

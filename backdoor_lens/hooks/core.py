@@ -23,7 +23,8 @@ Hook = tuple[str, HookFn]
 class Intervention(Protocol):
     """Anything that can produce forward hooks for a model."""
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]: ...
+    def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """The ``(hook_name, hook_fn)`` pairs that make this intervention on `model`."""
 
 
 def hooks_of(model: HookedTransformer, interventions: Sequence[Intervention]) -> list[Hook]:

@@ -50,6 +50,7 @@ class HeadAblate:
             check_finite("means", self.means)
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """One hook on ``hook_z`` of each layer holding an ablated head."""
         check_heads(model, self.heads)
         if self.means is not None and self.means.shape != (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head):
             raise ValueError(

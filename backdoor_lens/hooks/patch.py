@@ -27,6 +27,7 @@ class Patch:
         check_finite("source", self.source)
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """One hook on the module's output hook point."""
         source, positions = self.source, self.positions
 
         def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:

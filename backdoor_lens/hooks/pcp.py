@@ -57,6 +57,7 @@ class PCPReplace:
         return self.directions.T @ (self.scales[:, None] * self.directions)
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """A hook capturing the module's residual input and one replacing its output by ``A h``."""
         site = resolve_site(model, self.module)
         if site.resid_hook is None:
             raise ValueError(f"module={self.module!r} cannot be PCP-replaced; use an attn or mlp module")
@@ -82,6 +83,7 @@ class PCPReplace:
 
     @classmethod
     def load(cls, path: str | Path) -> "PCPReplace":
+        """A replacement saved by :meth:`save`."""
         tensors, metadata = load_artifact(path, "pcp_replace")
         return cls(module=metadata["module"], **tensors)
 
@@ -143,6 +145,7 @@ class PCPBasis:
 
     @property
     def n_components(self) -> int:
+        """The number of principal components kept."""
         return self.components.shape[0]
 
     def directions(self, rank: int, variant: Variant = "faithful") -> Float[torch.Tensor, "rank d_model"]:
@@ -196,5 +199,6 @@ class PCPBasis:
 
     @classmethod
     def load(cls, path: str | Path) -> "PCPBasis":
+        """A basis saved by :meth:`save`."""
         tensors, metadata = load_artifact(path, "pcp_basis")
         return cls(module=metadata["module"], **tensors)

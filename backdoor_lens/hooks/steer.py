@@ -18,8 +18,8 @@ STEER_HOOKS = ("attn_out", "resid_pre", "resid_mid", "resid_post", "mlp_out")
 @dataclass(frozen=True, eq=False)
 class Steer:
     """Add ``scale * vector`` to ``blocks.{layer}.hook_{hook}`` at `positions` (all when None; use
-    :class:`PerRow` for one position per row). The default, ``attn_out``, is the residual stream
-    right after layer `layer`'s attention, where BkdAttr adds its backdoor vector."""
+    :class:`~backdoor_lens.hooks.core.PerRow` for one position per row). The default, ``attn_out``,
+    is the residual stream right after layer `layer`'s attention, where BkdAttr adds its backdoor vector."""
 
     layer: int
     vector: Float[torch.Tensor, " d_model"]
@@ -35,6 +35,7 @@ class Steer:
         check_finite("scale", torch.tensor(float(self.scale)))
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
+        """One hook adding the scaled vector at ``blocks.{layer}.hook_{hook}``."""
         if not 0 <= self.layer < model.cfg.n_layers:
             raise ValueError(f"layer={self.layer} is out of range; valid: [0, {model.cfg.n_layers})")
         if self.vector.shape[0] != model.cfg.d_model:
