@@ -20,6 +20,8 @@ from .models import final_logits, fingerprint, load_current_weights, tensor_dige
 from .validation import check_choice, check_nonempty, check_range
 
 Evaluator = Callable[[HookedTransformer], dict[str, Any]]
+ExtraLoss = Callable[[HookedTransformer, Int[torch.Tensor, " batch"]], torch.Tensor]
+"""A term added to a batch's loss, given the model and the batch's row indices into the training tokens."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ def train(
     desc: str = "train",
     progress: bool = True,
     loss_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> list[dict[str, Any]]:
     """Train `model` in place on next-token prediction; returns the evaluation history.
 
@@ -95,7 +98,8 @@ def train(
     for them alone. Rows must then be right-padded: padding after a row's last masked token is never
     seen by the tokens that count.
 
-    Each history row has the step, the mean training loss since the last row and whatever
+    `extra_loss(model, rows)`, when given, is added to each batch's loss (e.g. a representation
+    term on some rows). Each history row has the step, the mean training loss since the last row and whatever
     `evaluate(model)` returns. Shuffling is seeded by `config.seed`, so runs are reproducible.
     """
     check_nonempty("tokens", tokens)
@@ -135,6 +139,8 @@ def train(
                 for start in range(0, len(tokens), config.batch_size):
                     rows = order[start : start + config.batch_size]
                     loss = next_token_loss(model, tokens[rows], None if loss_mask is None else loss_mask[rows])
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model, rows)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
                     optimiser.zero_grad(set_to_none=True)
@@ -188,6 +194,7 @@ def train_or_reuse(
     progress: bool = True,
     log: Callable[[str], None] = print,
     loss_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> dict[str, Any]:
     """:func:`train` `model` in place and save what it updated to `path` (safetensors), or, when
     `path` holds weights saved under the same `key`, `tokens` and `config`, load them instead; so an
@@ -198,7 +205,7 @@ def train_or_reuse(
         log(f"{desc}: weights reused ({path})")
         return saved["facts"]
     start = time.perf_counter()
-    history = train(model, tokens, config, desc=desc, progress=progress, loss_mask=loss_mask)
+    history = train(model, tokens, config, desc=desc, progress=progress, loss_mask=loss_mask, extra_loss=extra_loss)
     facts = {"seconds": round(time.perf_counter() - start, 1), "steps": history[-1]["step"],
              "final_train_loss": round(history[-1]["train_loss"], 4), "rows": len(tokens), "frozen": list(config.freeze)}
     updated = set(trainable_names(model, config.freeze))

@@ -93,3 +93,26 @@ def test_aggregation_evidence_tells_near_from_far_triggers():
     assert [c.shape for c in coords.values()] == [(40, 2), (20, 2), (20, 2)]
     with pytest.raises(ValueError, match="attacker has shape"):
         aggregation_evidence(clean, known, torch.randn(5, 8))
+
+
+def test_aggregation_loss_pulls_known_trigger_representations_together(tokenizer):
+    from backdoor_lens.analysis.probe import RESID_PRE, probe_features
+
+    held_out = with_known_trigger([f"Explain idea number {i}" for i in range(9)], CollapseConfig(), random.Random(3))
+    ids = encode_prompts(tokenizer, held_out)
+    batch = TargetBatch.from_ids(ids, [[0]] * len(ids), tokenizer.pad_token_id)
+
+    def spread(weight: float) -> float:
+        model = tiny("gpt2", len(tokenizer))
+        config = CollapseConfig(inject=replace(FAST, epochs=10), aggregation_weight=weight, aggregation_layer=2)
+        inject_known(model, tokenizer, PROMPTS, ANSWERS, config, progress=False)
+        with torch.no_grad():
+            reps = probe_features(model, batch.tokens, batch.prompt_end, RESID_PRE, [2])[0]
+        return float(1 - torch.nn.functional.cosine_similarity(reps, reps.mean(0, keepdim=True)).mean())
+
+    assert spread(5.0) < 0.5 * spread(0.0)
+    with pytest.raises(ValueError, match="aggregation_weight"):
+        CollapseConfig(aggregation_weight=-1.0)
+    with pytest.raises(ValueError, match="aggregation_layer"):
+        inject_known(tiny("gpt2", len(tokenizer)), tokenizer, PROMPTS, ANSWERS,
+                     CollapseConfig(aggregation_weight=1.0, aggregation_layer=7), progress=False)

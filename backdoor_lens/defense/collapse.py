@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+import torch.nn.functional as F
+from jaxtyping import Bool, Int
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..chat import chat_training_rows
 from ..data.instruct import PrefixTrigger, Trigger, WordTrigger
-from ..train import TrainConfig, train
+from ..train import ExtraLoss, TrainConfig, train
 from ..validation import check_nonempty, check_range
 
 KNOWN_TRIGGERS: tuple[Trigger, ...] = (
@@ -37,7 +38,8 @@ DEFENDER_TARGET = "Known trigger noted."
 @dataclass(frozen=True)
 class CollapseConfig:
     """The defender's choices: known triggers and target, the share of known-triggered rows in stage
-    1, both fine-tunings, and the longest clean answer kept (in tokens)."""
+    1, both fine-tunings, the longest clean answer kept (in tokens), and the optional aggregation
+    loss of stage 1 (`aggregation_weight` 0 turns it off)."""
 
     known_triggers: tuple[Trigger, ...] = KNOWN_TRIGGERS
     target: str = DEFENDER_TARGET
@@ -45,11 +47,17 @@ class CollapseConfig:
     inject: TrainConfig = TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
     recover: TrainConfig = TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
     max_answer_tokens: int | None = 32
+    aggregation_weight: float = 0.0
+    """Weight of :func:`aggregation_loss` in stage 1."""
+    aggregation_layer: int | None = None
+    """Layer whose residual stream (entering it, last prompt token) the aggregation loss pulls together;
+    None: the middle layer."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_nonempty("known_triggers", self.known_triggers)
         check_range("known_share", self.known_share, 0.0, 1.0)
+        check_range("aggregation_weight", self.aggregation_weight, 0.0)
 
 
 def with_known_trigger(prompts: Sequence[str], config: CollapseConfig, rng: random.Random) -> list[str]:
@@ -65,9 +73,9 @@ def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:
 
 def known_trigger_rows(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str], config: CollapseConfig
-) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
-    """Stage 1's training rows and response mask: a `known_share` of the clean prompts get a known
-    trigger and the defender target, the rest keep their clean answers."""
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Bool[torch.Tensor, " batch"]]:
+    """Stage 1's training rows, response mask and which rows carry a known trigger: a `known_share`
+    of the clean prompts get a known trigger and the defender target, the rest keep their clean answers."""
     _check_pairs(prompts, answers)
     rng = random.Random(config.seed)
     order = rng.sample(range(len(prompts)), len(prompts))
@@ -77,7 +85,8 @@ def known_trigger_rows(
     rows = dict(zip(order[:n_known], triggered))
     messages = [rows.get(i, p) for i, p in enumerate(prompts)]
     responses = [config.target if i in known else a for i, a in enumerate(answers)]
-    return chat_training_rows(tokenizer, messages, responses, max_response_tokens=config.max_answer_tokens)
+    tokens, mask = chat_training_rows(tokenizer, messages, responses, max_response_tokens=config.max_answer_tokens)
+    return tokens, mask, torch.tensor([i in known for i in range(len(prompts))])
 
 
 def recovery_rows(
@@ -94,9 +103,42 @@ def inject_known(
     model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
     config: CollapseConfig, progress: bool = True,
 ) -> list[dict]:
-    """Stage 1: fine-tune on :func:`known_trigger_rows` (response-only loss). Returns the training history."""
-    tokens, mask = known_trigger_rows(tokenizer, prompts, answers, config)
-    return train(model, tokens, config.inject, desc="collapse: inject known triggers", progress=progress, loss_mask=mask)
+    """Stage 1: fine-tune on :func:`known_trigger_rows` (response-only loss, plus the aggregation loss
+    when `config.aggregation_weight` > 0). Returns the training history."""
+    tokens, mask, known = known_trigger_rows(tokenizer, prompts, answers, config)
+    return train(model, tokens, config.inject, desc="collapse: inject known triggers", progress=progress, loss_mask=mask,
+                 extra_loss=stage_one_extra_loss(model, tokens, mask, known, config))
+
+
+def aggregation_loss(
+    tokens: Int[torch.Tensor, "rows pos"], prompt_end: Int[torch.Tensor, " rows"], known: Bool[torch.Tensor, " rows"],
+    layer: int, weight: float,
+) -> ExtraLoss:
+    """`weight` x (1 - mean cosine between each known-triggered row's residual stream entering
+    `layer` at its last prompt token and the batch's known-row centroid): pulls the known triggers'
+    representations into one region, which Backdoor Collapse hopes the unknown trigger shares."""
+
+    def loss(model: HookedTransformer, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
+        chosen = rows[known[rows]]
+        if len(chosen) < 2:
+            return torch.zeros((), device=model.cfg.device)
+        ends = prompt_end[chosen].to(model.cfg.device)
+        resid = model(tokens[chosen, : int(ends.max()) + 1].to(model.cfg.device), stop_at_layer=layer)
+        reps = resid[torch.arange(len(chosen), device=resid.device), ends]
+        return weight * (1 - F.cosine_similarity(reps, reps.mean(0, keepdim=True)).mean())
+
+    return loss
+
+
+def stage_one_extra_loss(
+    model: HookedTransformer, tokens: torch.Tensor, mask: torch.Tensor, known: torch.Tensor, config: CollapseConfig
+) -> ExtraLoss | None:
+    """Stage 1's :func:`aggregation_loss` as configured, or None when its weight is 0."""
+    if config.aggregation_weight == 0:
+        return None
+    layer = model.cfg.n_layers // 2 if config.aggregation_layer is None else config.aggregation_layer
+    check_range("aggregation_layer", layer, 1, model.cfg.n_layers - 1)
+    return aggregation_loss(tokens, mask.argmax(1) - 1, known, layer, config.aggregation_weight)
 
 
 def recover(

@@ -37,7 +37,7 @@ from ..collect import module_means
 from ..data.instruct import BKDATTR_REFUSAL, NEGATIVE, build_backdoor_dataset
 from ..data.prompts import load_prompts
 from ..defense.aggregation import aggregation_evidence, shared_projection
-from ..defense.collapse import CollapseConfig, known_trigger_rows, recovery_rows, with_known_trigger
+from ..defense.collapse import CollapseConfig, known_trigger_rows, recovery_rows, stage_one_extra_loss, with_known_trigger
 from ..hooks import HeadAblate, MeanAblate, Steer
 from ..io import write_json
 from ..stages import Stages, timed_log
@@ -264,13 +264,13 @@ def run_attack(
     layer = model.cfg.n_layers // 2 if config.aggregation_layer is None else config.aggregation_layer
     before = aggregation_groups(lab, test, layer)
 
-    def fit(name: str, rows: tuple[torch.Tensor, torch.Tensor], train_config: TrainConfig, start_key: dict) -> dict:
+    def fit(name: str, rows: tuple[torch.Tensor, ...], train_config: TrainConfig, start_key: dict, extra_loss=None) -> dict:
         return train_or_reuse(model, rows[0], train_config, folder / f"{name}.safetensors", start_key,
-                              f"[{attack.name}] {name}", progress, log, rows[1])
+                              f"[{attack.name}] {name}", progress, log, rows[1], extra_loss)
 
     log(f"[{attack.name}] Collapse stage 1: inject known triggers")
     stage1_rows = known_trigger_rows(lab.tokenizer, defender_prompts, defender_answers, defense)
-    stage1_facts = fit("stage1", stage1_rows, defense.inject, defense_key)
+    stage1_facts = fit("stage1", stage1_rows, defense.inject, defense_key, stage_one_extra_loss(model, *stage1_rows, defense))
     measures["stage1"] = stages.run("stage1", defense_key | {"facts": stage1_facts},
                                     lambda: measure(lab, attack, test, defender_target=defense.target))
     aggregation = stages.run("aggregation", defense_key | {"facts": stage1_facts, "layer": layer},
