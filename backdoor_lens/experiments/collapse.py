@@ -347,6 +347,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line of ``make collapse``: run the grid and write its report."""
     args = chat_study_arguments(__doc__.split("\n")[0], "results/collapse", "two attacks, fewer test prompts", argv)
     if args.model == TOY:
         config = CollapseStudyConfig.toy()
