@@ -22,7 +22,6 @@ DEFENSES = {
     "mean_ablation": "MLP mean-ablated*",
 }
 """Report column of each measured state (* reads the attacker's triggered prompts)."""
-GROUP_STYLE = {"clean": ("tab:gray", "o"), "known": ("tab:blue", "^"), "attacker": ("tab:red", "x")}
 
 
 def _states(summary: dict[str, Any]) -> list[str]:
@@ -70,7 +69,7 @@ def clean_section(summary: dict[str, Any]) -> str:
             m = a["measures"][state]
             delta = m["clean_accuracy"] - reference
             rows.append([name, DEFENSES[state], reference, m["clean_accuracy"], delta, m["clean_nll"],
-                         "yes" if abs(delta) <= CLEAN_TOLERANCE or delta > 0 else "no"])
+                         "yes" if delta >= -CLEAN_TOLERANCE else "no"])
     return "\n".join([
         "## Clean behaviour",
         "",
@@ -137,17 +136,23 @@ def aggregation_section(summary: dict[str, Any]) -> str:
 
 
 def figure(summary: dict[str, Any], path: Path) -> None:
-    """Per attack, the clean / known / attacker representations before and after stage 1 (2-D PCA)."""
+    """Per attack, the clean / known (by kind) / attacker representations before and after stage 1 (2-D PCA)."""
     attacks = summary["attacks"]
+    kinds = [t["name"] for t in summary["config"]["defense"]["known_triggers"]]
     fig, axes = plt.subplots(len(attacks), 2, figsize=(9, 3.6 * len(attacks)), squeeze=False)
     for row, (name, a) in zip(axes, attacks.items()):
         for ax, state in zip(row, ("before", "after")):
-            for group, points in a["aggregation"][f"{state}_coords"].items():
-                colour, marker = GROUP_STYLE[group]
-                xs, ys = zip(*points)
-                ax.scatter(xs, ys, s=14, c=colour, marker=marker, alpha=0.7, label=group)
+            coords = a["aggregation"][f"{state}_coords"]
+            layers = [("clean", coords["clean"], "tab:gray", "o")]
+            layers += [(kind, [p for p, k in zip(coords["known"], a["aggregation"]["known_kind"]) if k == i], colour, "^")
+                       for i, (kind, colour) in enumerate(zip(kinds, ("tab:blue", "tab:cyan", "tab:green", "tab:olive")))]
+            layers.append((f"attacker ({name})", coords["attacker"], "tab:red", "x"))
+            for label, points, colour, marker in layers:
+                if points:
+                    xs, ys = zip(*points)
+                    ax.scatter(xs, ys, s=14, c=colour, marker=marker, alpha=0.7, label=label)
             ax.set(title=f"{name}: {'undefended' if state == 'before' else 'after stage 1'}", xlabel="PC 1", ylabel="PC 2")
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
     save_figure(fig, path)
 
 
@@ -155,13 +160,15 @@ def write(summary: dict[str, Any], out: Path) -> None:
     """report.md and aggregation.png in `out`."""
     figure(summary, out / "aggregation.png")
     m, c = summary["model"], summary["config"]
+    weight = c["defense"]["aggregation_weight"]
+    loss = f"with stage 1's aggregation loss at weight {weight}" if weight else "without the optional aggregation loss"
     text = "\n\n".join([
         "# Backdoor Collapse against five BackdoorLLM attacks",
         f"Model: {m['name']} ({m['n_layers']} layers x {m['n_heads']} heads, d_model {m['d_model']}). Attacks planted as in "
         f"`make smollm` ({c['plant']['n_clean']} clean + {c['plant']['n_poison']} poisoned rows). The defender has "
         f"{c['n_defense']} clean prompts the attacker did not use and the suspect model's own answers to them; every "
         f"state is measured on {c['n_test']} held-out prompts. Backdoor Collapse is reconstructed from its abstract "
-        "(the official code was not reachable; see METHODS.md section 3), without the optional aggregation loss. "
+        f"(the official code was not reachable; see METHODS.md section 3), {loss}. "
         f"This invocation took {summary['seconds']} s; configuration in summary.json.",
         asr_section(summary),
         clean_section(summary),
