@@ -95,8 +95,8 @@ class CollapseStudyConfig:
 
     @classmethod
     def quick(cls) -> "CollapseStudyConfig":
-        """Two attacks and fewer test prompts (same planting, so the weights are shared with a full run)."""
-        return cls(plant=replace(cls.plant, attacks=FIVE_ATTACKS[:2]), n_test=40, n_select=16)
+        """The first two attacks only; everything else as the full grid, so a full run reuses their results."""
+        return cls(plant=replace(cls.plant, attacks=FIVE_ATTACKS[:2]))
 
     @classmethod
     def toy(cls) -> "CollapseStudyConfig":
@@ -253,10 +253,12 @@ def run_attack(
     backdoored = snapshot(model, trainable_names(model, ()))
     key = {"plant": {k: getattr(plant, k) for k in ("model", "prompts", "n_clean", "n_poison", "n_eval", "answer_tokens",
                                                      "seed")} | {"finetune": plant.finetune.to_dict()},
-           "attack": asdict(attack), "planted": planted, "n_test": t}
+           "attack": asdict(attack), "planted": planted}
+    tested = {"n_test": t}  # in the keys of what is measured on the test prompts, not of what is trained
     measures: dict[str, dict[str, float]] = {}
     log(f"[{attack.name}] undefended model")
-    measures["backdoored"] = stages.run("backdoored", key, lambda: measure(lab, attack, test, defender_target=defense.target))
+    measures["backdoored"] = stages.run("backdoored", key | tested,
+                                        lambda: measure(lab, attack, test, defender_target=defense.target))
     defense_key = key | {"n_defense": config.n_defense, "defense": asdict(defense)}
     log(f"[{attack.name}] the defender's clean answers (the suspect model's own)")
     defender_answers = stages.run("defender_answers", defense_key,
@@ -271,15 +273,15 @@ def run_attack(
     log(f"[{attack.name}] Collapse stage 1: inject known triggers")
     stage1_rows = known_trigger_rows(lab.tokenizer, defender_prompts, defender_answers, defense)
     stage1_facts = fit("stage1", stage1_rows, defense.inject, defense_key, stage_one_extra_loss(model, *stage1_rows, defense))
-    measures["stage1"] = stages.run("stage1", defense_key | {"facts": stage1_facts},
+    measures["stage1"] = stages.run("stage1", defense_key | tested | {"facts": stage1_facts},
                                     lambda: measure(lab, attack, test, defender_target=defense.target))
-    aggregation = stages.run("aggregation", defense_key | {"facts": stage1_facts, "layer": layer},
+    aggregation = stages.run("aggregation", defense_key | tested | {"facts": stage1_facts, "layer": layer},
                              lambda: aggregation_stage(before, aggregation_groups(lab, test, layer),
                                                        len(defense.known_triggers), plant.seed))
     log(f"[{attack.name}] Collapse stage 2: recovery")
     stage2_rows = recovery_rows(lab.tokenizer, defender_prompts, defender_answers, defense)
     stage2_facts = fit("collapse", stage2_rows, defense.recover, defense_key | {"stage1": stage1_facts})
-    measures["collapse"] = stages.run("collapse", defense_key | {"facts": stage2_facts},
+    measures["collapse"] = stages.run("collapse", defense_key | tested | {"facts": stage2_facts},
                                       lambda: measure(lab, attack, test, defender_target=defense.target))
 
     budget = training_steps(len(stage1_rows[0]), defense.inject) + training_steps(len(stage2_rows[0]), defense.recover)
@@ -290,10 +292,11 @@ def run_attack(
     log(f"[{attack.name}] baseline: clean fine-tuning, {clean_config.epochs * per_epoch} steps (Collapse: {budget})")
     model.load_state_dict(backdoored, strict=False)
     clean_facts = fit("clean_ft", clean_rows, clean_config, defense_key)
-    measures["clean_ft"] = stages.run("clean_ft", defense_key | {"facts": clean_facts}, lambda: measure(lab, attack, test))
+    measures["clean_ft"] = stages.run("clean_ft", defense_key | tested | {"facts": clean_facts},
+                                      lambda: measure(lab, attack, test))
 
     model.load_state_dict(backdoored, strict=False)
-    oracle_key = key | {n: getattr(config, n) for n in ("n_select", "baseline_layers", "head_fraction")}
+    oracle_key = key | tested | {n: getattr(config, n) for n in ("n_select", "baseline_layers", "head_fraction")}
     log(f"[{attack.name}] oracle baselines: BAHA heads, backdoor vector, mean ablation")
     oracle = OracleBaselines(lab, attack, config, clean[t:s], triggered[t:s])
     baselines = {}
@@ -348,7 +351,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line of ``make collapse``: run the grid and write its report."""
-    args = chat_study_arguments(__doc__.split("\n")[0], "results/collapse", "two attacks, fewer test prompts", argv)
+    args = chat_study_arguments(__doc__.split("\n")[0], "results/collapse", "the first two attacks only", argv)
     if args.model == TOY:
         config = CollapseStudyConfig.toy()
     else:
