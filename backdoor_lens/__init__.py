@@ -1,7 +1,7 @@
 """backdoor_lens: mechanistic analysis and editing of backdoored language models on TransformerLens.
 
-Interventions are small dataclasses that yield forward hooks; :func:`apply` composes any number of
-them and always removes them. See the README for a tour.
+Interventions are small dataclasses that yield forward hooks; :func:`~backdoor_lens.hooks.core.apply`
+composes any number of them and always removes them. See the README and the docs' recipes for a tour.
 """
 
 from .hooks import Intervention, MeanAblate, Patch, PCPReplace, ZeroAblate, apply

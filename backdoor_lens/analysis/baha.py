@@ -69,7 +69,7 @@ def _z_names(model: HookedTransformer) -> list[str]:
 @torch.no_grad()
 def head_z_means(model: HookedTransformer, triggered: TargetBatch) -> Float[torch.Tensor, "n_layers n_heads d_head"]:
     """Mean of every head's ``z`` at each row's last prompt token, over `triggered` inputs (the
-    values :class:`~backdoor_lens.hooks.HeadAblate` uses in mode "mean")."""
+    values :class:`~backdoor_lens.hooks.heads.HeadAblate` uses in mode "mean")."""
     triggered = _prepare(model, triggered)
     names = _z_names(model)
     _, cache = model.run_with_cache(
@@ -322,7 +322,7 @@ def backdoor_vector(
     head_mu: Float[torch.Tensor, "n_layers n_heads d_model"], scores: Float[torch.Tensor, "n_layers n_heads"], top_k: int
 ) -> tuple[Float[torch.Tensor, " d_model"], tuple[tuple[int, int], ...]]:
     """The backdoor vector ``v = sum of mu_lj over the top_k heads by score`` and those heads,
-    highest score first (use with :class:`~backdoor_lens.hooks.Steer`)."""
+    highest score first (use with :class:`~backdoor_lens.hooks.steer.Steer`)."""
     if head_mu.ndim != 3 or head_mu.shape[:2] != scores.shape:
         raise ValueError(
             f"head_mu {tuple(head_mu.shape)} and scores {tuple(scores.shape)} must be [n_layers, n_heads, d_model] "

@@ -70,9 +70,10 @@ class CollapseStudyConfig:
     plant: SmolStudyConfig = SmolStudyConfig(attacks=FIVE_ATTACKS)
     """The suspect models: model, prompts, attacks and how they are planted (as in `make smollm`)."""
     defense: CollapseConfig = CollapseConfig(
-        inject=TrainConfig(epochs=3, lr=1e-4, batch_size=16, freeze=("embed", "unembed")),
-        recover=TrainConfig(epochs=3, lr=1e-4, batch_size=16, freeze=("embed", "unembed")))
-    n_defense: int = 64
+        inject=TrainConfig(epochs=4, lr=1e-4, batch_size=16, freeze=("embed", "unembed")),
+        recover=TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed")))
+    """Stage 1 gets more epochs than stage 2 (which trains on twice the rows): 24 steps each with 96 prompts."""
+    n_defense: int = 96
     """Clean prompts the defender has, disjoint from the attacker's and the evaluation's."""
     n_test: int = 60
     """Held-out prompts (clean, and the same triggered) on which every state is measured."""

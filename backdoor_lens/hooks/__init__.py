@@ -1,7 +1,8 @@
 """Composable interventions: small frozen dataclasses that yield TransformerLens forward hooks.
 
-Compose by listing them; :func:`apply` adds every hook for the duration of a ``with`` block and always
-removes them, even when a hook raises, leaving hooks that were added before untouched.
+Compose by listing them; :func:`~backdoor_lens.hooks.core.apply` adds every hook for the duration of
+a ``with`` block and always removes them, even when a hook raises, leaving hooks that were added
+before untouched.
 """
 
 from .ablate import MeanAblate, ZeroAblate
