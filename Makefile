@@ -19,7 +19,7 @@ MODEL ?=
 SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
 GPT2M_OUT := results/gpt2m$(if $(MODEL),-$(notdir $(MODEL)),$(if $(QUICK),-quick,))
 
-.PHONY: install toy smollm gpt2m gpt2m-cost collapse test bench clean
+.PHONY: install toy smollm gpt2m gpt2m-cost collapse test docs docs-results bench clean
 
 install: $(STAMP)
 
@@ -55,6 +55,23 @@ collapse: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The documentation site (docs/_build/html/index.html): recipes executed by sphinx-gallery, the API
+# reference from docstrings, experiment pages. Strict: a warning, a failing recipe or a broken
+# reference fails the build.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build/html
+	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
+
+# Copy results/<name>/report.md and its figures into docs/snapshots/ (committed; results/ is not).
+DOC_RESULTS ?= toy smollm gpt2m-quick collapse
+docs-results:
+	$(PYTHON) docs/snapshot_results.py $(DOC_RESULTS)
 
 # Speed and memory of head attribution (reference loop, transformer_lens.patching, fast exact, attribution)
 # on a toy model and on SmolLM2-135M-Instruct.

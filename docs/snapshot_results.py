@@ -1,0 +1,48 @@
+"""Copy the latest experiment reports into the docs: ``results/NAME/report.md``, the figures it
+shows and the PNGs beside it become ``docs/snapshots/NAME/`` (committed, since results/ is not).
+Run by ``make docs-results``; a name without a report keeps its current snapshot."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def snapshot(results: Path, snapshots: Path, name: str) -> bool:
+    """Replace snapshots/name with results/name's report.md, the images it shows and the PNGs beside
+    it; False without a report."""
+    report = results / name / "report.md"
+    if not report.is_file():
+        return False
+    target = snapshots / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    text = report.read_text(encoding="utf-8")
+    (target / "report.md").write_text(text, encoding="utf-8")
+    beside = [p.name for p in (results / name).glob("*.png")]
+    for figure in sorted(set(IMAGE.findall(text)) | set(beside)):
+        source = results / name / figure
+        if ".." in Path(figure).parts or not source.is_file():
+            raise FileNotFoundError(f"{report} shows {figure!r}, which is not a file inside {results / name}")
+        (target / figure).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target / figure)
+    return True
+
+
+def main() -> None:
+    """Snapshot each name given on the command line (default: every results/* with a report)."""
+    root = Path(__file__).resolve().parent.parent
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", help="results folders, e.g. toy smollm gpt2m-quick collapse")
+    names = parser.parse_args().names or sorted(p.parent.name for p in (root / "results").glob("*/report.md"))
+    for name in names:
+        done = snapshot(root / "results", root / "docs" / "snapshots", name)
+        print(f"{name}: {'snapshot updated' if done else 'no results/' + name + '/report.md, snapshot kept'}")
+
+
+if __name__ == "__main__":
+    main()
