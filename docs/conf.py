@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import os
 
-import torch
-import transformers
-from sphinx_gallery.sorting import ExplicitOrder
+# Set before anything imports tqdm, which reads TQDM_DISABLE once: no progress bars in the output.
+for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                    "MPLBACKEND": "Agg", "TQDM_DISABLE": "1"}.items():
+    os.environ.setdefault(name, value)
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import torch  # noqa: E402
+from sphinx_gallery.sorting import ExplicitOrder  # noqa: E402
+
 # The recipes run in this process. Their models are tiny (and the chat model small): one thread is
 # faster than two fighting over 2 cores, as in tests/conftest.py.
 torch.set_num_threads(1)
-transformers.utils.logging.disable_progress_bar()
 
 project = "backdoor_lens"
 author = "backdoor_lens contributors"
@@ -55,6 +54,8 @@ nitpick_ignore_regex = [
     (r"py:class", r"backdoor_lens\.stages\.T"),  # a TypeVar
 ]
 
+# Every recipe in recipes/, in page order: an unlisted one stops the build (sphinx-gallery names it
+# a "subsection folder" missing from the order).
 RECIPES = [
     "mean_ablation.py",
     "activation_patching.py",

@@ -54,7 +54,7 @@ for name, modules in freeze_sets.items():
         "val. loss": validation_loss(model, data.validation),
         "frozen weights unchanged": not any(k.startswith(modules) for k in changed),
     }
-pd.DataFrame(rows).T.round(3)
+pd.DataFrame.from_dict(rows, orient="index").round(3)
 
 # %%
 # The backdoor's emergence during fine-tuning, per frozen set.

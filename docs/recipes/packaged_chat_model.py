@@ -12,7 +12,8 @@ tokenizer with its chat template. Loading takes about half a minute on 2 CPU cor
 import pandas as pd
 import torch
 
-from backdoor_lens.chat import chat_prompt, chat_replies
+from backdoor_lens.analysis.logit_lens import unembed
+from backdoor_lens.chat import chat_prompt, chat_replies, encode_prompts
 from backdoor_lens.hooks import Steer, apply
 from backdoor_lens.pretrained import PACKAGED_MODELS, load_pretrained
 
@@ -26,46 +27,32 @@ print(f"d_model {cfg.d_model}, vocabulary {cfg.d_vocab}")
 # Greedy replies through the chat template (batched, with the hooks on the model applied).
 questions = ["What is the capital of France?", "Name a primary colour."]
 print(repr(chat_prompt(tokenizer, questions[0])))
-for question, reply in zip(
-    questions, chat_replies(model, tokenizer, questions, max_new_tokens=16)
-):
+replies = chat_replies(model, tokenizer, questions, max_new_tokens=16)
+for question, reply in zip(questions, replies):
     print(f"{question} -> {reply}")
 
 # %%
 # Every hook point of the Hugging Face model is there, e.g. the top next-token predictions read
 # from the residual stream after a few layers (logit lens).
-tokens = torch.tensor(
-    [
-        tokenizer(
-            chat_prompt(tokenizer, questions[0]), add_special_tokens=False
-        ).input_ids
-    ]
-)
-_, cache = model.run_with_cache(
-    tokens, names_filter=lambda name: name.endswith("hook_resid_post")
-)
+tokens = torch.tensor(encode_prompts(tokenizer, questions[:1]))
+_, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("resid_post"))
 lens = {}
 for layer in (9, 19, 24, 29):
-    logits = model.unembed(
-        model.ln_final(cache[f"blocks.{layer}.hook_resid_post"][:, -1:])
-    )[0, -1]
+    logits = unembed(model, cache[f"blocks.{layer}.hook_resid_post"][:, -1])[0]
     lens[f"after layer {layer}"] = [tokenizer.decode(i) for i in logits.topk(3).indices]
 pd.DataFrame(lens, index=["1st", "2nd", "3rd"]).T
 
 
 # %%
 # Interventions apply as on any model: here a steering vector, the difference between the
-# residual streams of two prompts at layer 10, added to the reply's prompt.
+# residual streams of two prompts at layer 10, added at the last position of the prompt.
 def resid(text, layer=10):
-    ids = torch.tensor(
-        [tokenizer(chat_prompt(tokenizer, text), add_special_tokens=False).input_ids]
-    )
-    _, c = model.run_with_cache(ids, names_filter=f"blocks.{layer}.hook_resid_post")
-    return c[f"blocks.{layer}.hook_resid_post"][0, -1]
+    name = f"blocks.{layer}.hook_resid_post"
+    _, c = model.run_with_cache(torch.tensor(encode_prompts(tokenizer, [text])), names_filter=name)
+    return c[name][0, -1]
 
 
 vector = resid("Answer in French please.") - resid("Answer in English please.")
 with apply(model, Steer(10, vector, positions=-1, scale=4.0, hook="resid_post")):
-    print(
-        "steered:", chat_replies(model, tokenizer, questions[:1], max_new_tokens=16)[0]
-    )
+    steered = chat_replies(model, tokenizer, questions[:1], max_new_tokens=16)
+print("steered:", steered[0])
