@@ -75,7 +75,8 @@ for goal, objective in goals.items():
 scales = {"least squares": base, **{goal: r.scales for goal, r in results.items()}}
 rows = {"unedited": reference} | {name: negativity(s) for name, s in scales.items()}
 table = pd.DataFrame(rows).T.round(2)
-table["scales"] = pd.Series({name: str(s.numpy().round(2)) for name, s in scales.items()})
+scale_text = {"unedited": "-"} | {n: str(s.numpy().round(2)) for n, s in scales.items()}
+table["scales"] = pd.Series(scale_text)
 table
 
 # %%
@@ -85,12 +86,7 @@ for goal in goals:
     study = optuna.load_study(study_name=goal, storage=open_storage(journal))
     values = [t.value for t in study.trials if t.value is not None]
     ax.plot(pd.Series(values).cummin().to_numpy(), label=goal)
-ax.set(
-    xlabel="trial",
-    ylabel="best objective so far",
-    yscale="symlog",
-    title="Optuna TPE on PCP scales",
-)
+ax.set(xlabel="trial", ylabel="best objective so far", title="Optuna TPE on PCP scales")
 ax.legend()
 fig.tight_layout()
 folder.cleanup()
