@@ -69,7 +69,7 @@ docs: $(DOCS_STAMP)
 	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 # Copy results/<name>/report.md and its figures into docs/snapshots/ (committed; results/ is not).
-DOC_RESULTS ?= toy smollm gpt2m-quick collapse
+DOC_RESULTS ?= toy smollm gpt2m-quick collapse collapse-toy
 docs-results:
 	$(PYTHON) docs/snapshot_results.py $(DOC_RESULTS)
 

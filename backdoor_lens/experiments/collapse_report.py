@@ -128,10 +128,12 @@ def aggregation_section(summary: dict[str, Any]) -> str:
         "prompt token, held-out prompts. Distances between group centroids are in units of the clean rows' mean "
         "distance to their centroid; cosine: between the known and the attacker trigger directions (centroid minus the "
         "clean centroid); probe transfer: accuracy on clean vs attacker rows of a logistic probe fit on clean vs "
-        "known rows (attacker read as known: the share of attacker rows it calls known). Figure: aggregation.png.",
+        "known rows (attacker read as known: the share of attacker rows it calls known).",
         "",
         markdown_table(["attack", "model", "clean–known", "clean–attacker", "known–attacker", "direction cosine",
                         "probe transfer", "attacker read as known"], rows, 3),
+        "",
+        "![Clean, known-trigger and attacker-trigger representations before and after stage 1](aggregation.png)",
     ])
 
 
