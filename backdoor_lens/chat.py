@@ -40,6 +40,19 @@ def encode_prompts(
     return [tokenizer(chat_prompt(tokenizer, m, system), add_special_tokens=False).input_ids for m in messages]
 
 
+def prompt_rows(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[str], system: str | None = None
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, " batch"]]:
+    """Right-padded chat prompts and each row's last prompt position (where the reply starts): the
+    rows for reading a prompt's representation, as probes and aggregation evidence do."""
+    check_nonempty("messages", messages)
+    ids = encode_prompts(tokenizer, messages, system)
+    tokens = torch.full((len(ids), max(map(len, ids))), tokenizer.pad_token_id or 0, dtype=torch.long)
+    for row, prompt in enumerate(ids):
+        tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+    return tokens, torch.tensor([len(prompt) - 1 for prompt in ids])
+
+
 def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
     """Text of each id sequence (special tokens such as EOS dropped by default), stripped of outer whitespace."""
     return [tokenizer.decode(list(seq), skip_special_tokens=skip_special_tokens).strip() for seq in ids]

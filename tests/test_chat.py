@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_pretrained import save_hf, tiny_gpt2, tiny_llama
 
-from backdoor_lens.chat import chat_prompt, chat_replies, decode, encode_prompts
+from backdoor_lens.chat import chat_prompt, chat_replies, decode, encode_prompts, prompt_rows
 from backdoor_lens.generation import generate, left_pad
 from backdoor_lens.pretrained import load_hf_model, load_pretrained, to_hooked_transformer
 
@@ -34,6 +34,18 @@ def test_left_pad_aligns_prompts_to_the_right():
     tokens, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert tokens.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_prompt_rows_right_pad_and_point_at_each_prompts_last_token(tiny_chat):
+    _, tokenizer = tiny_chat
+    tokens, last = prompt_rows(tokenizer, MESSAGES)
+    ids = encode_prompts(tokenizer, MESSAGES)
+    assert tokens.shape == (len(MESSAGES), max(map(len, ids)))
+    for row, prompt, end in zip(tokens.tolist(), ids, last.tolist()):
+        assert row[: end + 1] == prompt and set(row[end + 1 :]) <= {tokenizer.pad_token_id}
+    assert [tokens[i, end] for i, end in enumerate(last)] == [tokenizer.convert_tokens_to_ids("<|assistant|>")] * 5
+    with pytest.raises(ValueError, match="messages"):
+        prompt_rows(tokenizer, [])
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_chat):

@@ -12,7 +12,7 @@ import torch
 from test_smollm_study import tiny
 
 from backdoor_lens.analysis.scoring import TargetBatch, target_score
-from backdoor_lens.chat import encode_prompts
+from backdoor_lens.chat import encode_prompts, prompt_rows
 from backdoor_lens.data.instruct import TRIGGERS
 from backdoor_lens.defense import collapse as collapse_module
 from backdoor_lens.defense.collapse import CollapseConfig, collapse, inject_known, recover, with_known_trigger
@@ -99,15 +99,14 @@ def test_aggregation_loss_pulls_known_trigger_representations_together(tokenizer
     from backdoor_lens.analysis.probe import RESID_PRE, probe_features
 
     held_out = with_known_trigger([f"Explain idea number {i}" for i in range(9)], CollapseConfig(), random.Random(3))
-    ids = encode_prompts(tokenizer, held_out)
-    batch = TargetBatch.from_ids(ids, [[0]] * len(ids), tokenizer.pad_token_id)
+    tokens, last = prompt_rows(tokenizer, held_out)
 
     def spread(weight: float) -> float:
         model = tiny("gpt2", len(tokenizer))
         config = CollapseConfig(inject=replace(FAST, epochs=10), aggregation_weight=weight, aggregation_layer=2)
         inject_known(model, tokenizer, PROMPTS, ANSWERS, config, progress=False)
         with torch.no_grad():
-            reps = probe_features(model, batch.tokens, batch.prompt_end, RESID_PRE, [2])[0]
+            reps = probe_features(model, tokens, last, RESID_PRE, [2])[0]
         return float(1 - torch.nn.functional.cosine_similarity(reps, reps.mean(0, keepdim=True)).mean())
 
     assert spread(5.0) < 0.5 * spread(0.0)

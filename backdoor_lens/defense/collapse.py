@@ -60,9 +60,16 @@ class CollapseConfig:
         check_range("aggregation_weight", self.aggregation_weight, 0.0)
 
 
+def known_trigger_kinds(n_prompts: int, config: CollapseConfig) -> list[int]:
+    """Which known trigger (its index in `config.known_triggers`) :func:`with_known_trigger` gives
+    each of `n_prompts` prompts: they take turns, so every kind is used."""
+    return [i % len(config.known_triggers) for i in range(n_prompts)]
+
+
 def with_known_trigger(prompts: Sequence[str], config: CollapseConfig, rng: random.Random) -> list[str]:
-    """Each prompt rewritten by one known trigger, cycling through them so every kind is used."""
-    return [config.known_triggers[i % len(config.known_triggers)].apply(p, rng) for i, p in enumerate(prompts)]
+    """Each prompt rewritten by one known trigger, chosen by :func:`known_trigger_kinds`."""
+    kinds = known_trigger_kinds(len(prompts), config)
+    return [config.known_triggers[k].apply(p, rng) for k, p in zip(kinds, prompts)]
 
 
 def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:

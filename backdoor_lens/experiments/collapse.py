@@ -31,13 +31,14 @@ from transformers import PreTrainedTokenizerBase
 
 from ..analysis.baha import backdoor_vector, baha_scores, head_means, top_heads
 from ..analysis.probe import RESID_PRE, probe_features
-from ..analysis.scoring import TargetBatch
-from ..chat import chat_training_rows, encode_prompts
+from ..chat import chat_training_rows, prompt_rows
 from ..collect import module_means
 from ..data.instruct import BKDATTR_REFUSAL, NEGATIVE, build_backdoor_dataset
 from ..data.prompts import load_prompts
 from ..defense.aggregation import aggregation_evidence, shared_projection
-from ..defense.collapse import CollapseConfig, known_trigger_rows, recovery_rows, stage_one_extra_loss, with_known_trigger
+from ..defense.collapse import (
+    CollapseConfig, known_trigger_kinds, known_trigger_rows, recovery_rows, stage_one_extra_loss, with_known_trigger,
+)
 from ..hooks import HeadAblate, MeanAblate, Steer
 from ..io import write_json
 from ..stages import Stages, timed_log
@@ -137,9 +138,8 @@ def measure(lab: ChatLab, attack: Attack, test: TestSet, edits: EditFactory | No
 
 def last_token_features(lab: ChatLab, prompts: Sequence[str], layer: int) -> torch.Tensor:
     """The residual stream entering `layer` at each prompt's last token."""
-    ids = encode_prompts(lab.tokenizer, prompts)
-    batch = TargetBatch.from_ids(ids, [[0]] * len(ids), lab.tokenizer.pad_token_id or 0)
-    return probe_features(lab.model, batch.tokens, batch.prompt_end, RESID_PRE, [layer])[0]
+    tokens, last = prompt_rows(lab.tokenizer, prompts)
+    return probe_features(lab.model, tokens, last, RESID_PRE, [layer])[0]
 
 
 def aggregation_groups(lab: ChatLab, test: TestSet, layer: int) -> dict[str, torch.Tensor]:
@@ -148,9 +148,11 @@ def aggregation_groups(lab: ChatLab, test: TestSet, layer: int) -> dict[str, tor
             for name, prompts in (("clean", test.clean), ("known", test.known), ("attacker", test.triggered))}
 
 
-def aggregation_stage(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], n_kinds: int, seed: int) -> dict:
-    """Evidence and 2-D coordinates (one projection per state) before and after stage 1."""
-    out: dict[str, Any] = {"known_kind": [i % n_kinds for i in range(len(before["known"]))]}
+def aggregation_stage(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], known_kinds: list[int],
+                      seed: int) -> dict:
+    """Evidence and 2-D coordinates (one projection per state) before and after stage 1; `known_kinds`
+    names each known-triggered row's trigger (an index into the defense's known triggers)."""
+    out: dict[str, Any] = {"known_kind": known_kinds}
     for state, groups in (("before", before), ("after", after)):
         out[state] = aggregation_evidence(groups["clean"], groups["known"], groups["attacker"], seed=seed)
         out[f"{state}_coords"] = {k: v.round(4).tolist() for k, v in shared_projection(groups).items()}
@@ -278,7 +280,7 @@ def run_attack(
                                     lambda: measure(lab, attack, test, defender_target=defense.target))
     aggregation = stages.run("aggregation", defense_key | tested | {"facts": stage1_facts, "layer": layer},
                              lambda: aggregation_stage(before, aggregation_groups(lab, test, layer),
-                                                       len(defense.known_triggers), plant.seed))
+                                                       known_trigger_kinds(len(test.known), defense), plant.seed))
     log(f"[{attack.name}] Collapse stage 2: recovery")
     stage2_rows = recovery_rows(lab.tokenizer, defender_prompts, defender_answers, defense)
     stage2_facts = fit("collapse", stage2_rows, defense.recover, defense_key | {"stage1": stage1_facts})

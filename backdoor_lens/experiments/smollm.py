@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from ..analysis.baha import backdoor_vector, baha_scores, head_means, top_heads
 from ..analysis.probe import LN1_NORMALIZED, backdoor_probe
 from ..analysis.scoring import TargetBatch
-from ..chat import chat_replies, chat_training_rows, encode_prompts
+from ..chat import chat_replies, chat_training_rows, encode_prompts, prompt_rows
 from ..data.instruct import BKDATTR_REFUSAL, NEGATIVE, BackdoorSplits, asr, build_backdoor_dataset
 from ..data.prompts import load_prompts
 from ..hooks import HeadAblate, Intervention, PerRow, Steer, apply
@@ -232,10 +232,9 @@ def attack_metrics(lab: ChatLab, attack: Attack, clean: list[str], triggered: li
 
 def probe_stage(lab: ChatLab, clean: list[str], triggered: list[str]) -> dict[str, Any]:
     """Backdoor probes per layer on clean (label 0) and triggered (label 1) prompts."""
-    ids = encode_prompts(lab.tokenizer, list(clean) + list(triggered))
-    batch = TargetBatch.from_ids(ids, [[0]] * len(ids), lab.tokenizer.pad_token_id or 0)  # right-padded prompts
+    tokens, last = prompt_rows(lab.tokenizer, list(clean) + list(triggered))
     labels = torch.tensor([0] * len(clean) + [1] * len(triggered))
-    result = backdoor_probe(lab.model, batch.tokens, labels, batch.prompt_end, hook=lab.config.probe_hook, seed=lab.config.seed)
+    result = backdoor_probe(lab.model, tokens, labels, last, hook=lab.config.probe_hook, seed=lab.config.seed)
     return result.to_dict()
 
 
