@@ -141,7 +141,7 @@ def figure(summary: dict[str, Any], path: Path) -> None:
     """Per attack, the clean / known (by kind) / attacker representations before and after stage 1 (2-D PCA)."""
     attacks = summary["attacks"]
     kinds = [t["name"] for t in summary["config"]["defense"]["known_triggers"]]
-    fig, axes = plt.subplots(len(attacks), 2, figsize=(9, 3.6 * len(attacks)), squeeze=False)
+    fig, axes = plt.subplots(len(attacks), 2, figsize=(9, 3.6 * len(attacks)), squeeze=False, layout="constrained")
     for row, (name, a) in zip(axes, attacks.items()):
         for ax, state in zip(row, ("before", "after")):
             coords = a["aggregation"][f"{state}_coords"]
