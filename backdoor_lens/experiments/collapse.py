@@ -46,7 +46,7 @@ from ..train import TrainConfig, train_or_reuse, trainable_names, training_steps
 from ..validation import check_range
 from . import collapse_report
 from .smollm import (
-    TOY, Attack, BaseAnswers, ChatLab, EditFactory, SmolStudyConfig, backdoored_weights, chat_study_arguments, load_chat_model,
+    TOY, Attack, BaseAnswers, ChatLab, EditFactory, SmolStudyConfig, backdoored_weights, chat_study_parser, load_chat_model,
     n_heads_for,
 )
 
@@ -354,12 +354,16 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line of ``make collapse``: run the grid and write its report."""
-    args = chat_study_arguments(__doc__.split("\n")[0], "results/collapse", "the first two attacks only", argv)
+    parser = chat_study_parser(__doc__.split("\n")[0], "results/collapse", "the first two attacks only")
+    parser.add_argument("--aggregation-weight", type=float, default=0.0,
+                        help="weight of stage 1's aggregation loss (default: 0, off)")
+    args = parser.parse_args(argv)
     if args.model == TOY:
         config = CollapseStudyConfig.toy()
     else:
         config = CollapseStudyConfig.quick() if args.quick else CollapseStudyConfig()
         config = replace(config, plant=replace(config.plant, model=args.model))
+    config = replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight))
     run(config, args.out, progress=not args.no_progress, log=timed_log())
 
 

@@ -393,8 +393,8 @@ def run(
     return summary
 
 
-def chat_study_arguments(description: str, out: str, quick_help: str, argv: list[str] | None) -> argparse.Namespace:
-    """The command line of the chat-model studies: --out, --model (a model or the toy), --quick, --no-progress."""
+def chat_study_parser(description: str, out: str, quick_help: str) -> argparse.ArgumentParser:
+    """The command line the chat-model studies share: --out, --model (a model or the toy), --quick, --no-progress."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
     parser.add_argument("--model", default=SmolStudyConfig.model,
@@ -402,12 +402,12 @@ def chat_study_arguments(description: str, out: str, quick_help: str, argv: list
                         "(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line of ``make smollm``: run the study and write its report."""
-    args = chat_study_arguments(__doc__.split("\n")[0], "results/smollm", "one attack, fewer prompts", argv)
+    args = chat_study_parser(__doc__.split("\n")[0], "results/smollm", "one attack, fewer prompts").parse_args(argv)
     if args.model == TOY:
         config = SmolStudyConfig.toy()
     else:
