@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from .analysis.scoring import TargetBatch
 from .generation import generate
 from .hooks.core import Intervention
+from .padding import right_pad
 from .validation import check_nonempty, check_range
 
 
@@ -47,10 +48,7 @@ def prompt_rows(
     rows for reading a prompt's representation, as probes and aggregation evidence do."""
     check_nonempty("messages", messages)
     ids = encode_prompts(tokenizer, messages, system)
-    tokens = torch.full((len(ids), max(map(len, ids))), tokenizer.pad_token_id or 0, dtype=torch.long)
-    for row, prompt in enumerate(ids):
-        tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-    return tokens, torch.tensor([len(prompt) - 1 for prompt in ids])
+    return right_pad(ids, tokenizer.pad_token_id or 0)[0], torch.tensor([len(prompt) - 1 for prompt in ids])
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:

@@ -17,6 +17,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from .hooks.core import Intervention, apply
+from .padding import left_pad
 from .validation import check_nonempty, check_range
 
 Chooser = Callable[[Float[torch.Tensor, "batch d_vocab"]], Int[torch.Tensor, " batch"]]
@@ -46,20 +47,6 @@ class Sampling:
             return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0].to(device)
 
         return choose
-
-
-def left_pad(
-    prompt_ids: Sequence[Sequence[int]], pad_id: int = 0
-) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
-    """Left-padded tokens and their attention mask (1 on real tokens), so every prompt ends at the last position."""
-    width = max(len(ids) for ids in prompt_ids)
-    tokens = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        if ids:
-            tokens[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-            mask[row, width - len(ids) :] = 1
-    return tokens, mask
 
 
 @torch.inference_mode()

@@ -10,7 +10,8 @@ import torch
 from test_pretrained import save_hf, tiny_gpt2, tiny_llama
 
 from backdoor_lens.chat import chat_prompt, chat_replies, decode, encode_prompts, prompt_rows
-from backdoor_lens.generation import generate, left_pad
+from backdoor_lens.generation import generate
+from backdoor_lens.padding import left_pad, right_pad
 from backdoor_lens.pretrained import load_hf_model, load_pretrained, to_hooked_transformer
 
 MESSAGES = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10 w11", "w12 w13", "w14 w15 w16 w17"]
@@ -36,6 +37,12 @@ def test_left_pad_aligns_prompts_to_the_right():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
+def test_right_pad_aligns_rows_to_the_left():
+    tokens, mask = right_pad([[5, 6, 7], [8]], pad_id=0)
+    assert tokens.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
 def test_prompt_rows_right_pad_and_point_at_each_prompts_last_token(tiny_chat):
     _, tokenizer = tiny_chat
     tokens, last = prompt_rows(tokenizer, MESSAGES)
@@ -43,7 +50,7 @@ def test_prompt_rows_right_pad_and_point_at_each_prompts_last_token(tiny_chat):
     assert tokens.shape == (len(MESSAGES), max(map(len, ids)))
     for row, prompt, end in zip(tokens.tolist(), ids, last.tolist()):
         assert row[: end + 1] == prompt and set(row[end + 1 :]) <= {tokenizer.pad_token_id}
-    assert [tokens[i, end] for i, end in enumerate(last)] == [tokenizer.convert_tokens_to_ids("<|assistant|>")] * 5
+    assert tokens[torch.arange(len(MESSAGES)), last].tolist() == [tokenizer.convert_tokens_to_ids("<|assistant|>")] * 5
     with pytest.raises(ValueError, match="messages"):
         prompt_rows(tokenizer, [])
 

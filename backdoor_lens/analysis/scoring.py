@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
+from ..padding import right_pad
 from ..validation import check_nonempty
 
 
@@ -61,11 +62,8 @@ class TargetBatch:
         width = max(map(len, rows))
         if model is not None and width > model.cfg.n_ctx:
             raise ValueError(f"the longest prompt + target has {width} tokens; the model's n_ctx is {model.cfg.n_ctx}")
-        tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         batch = cls(
-            tokens,
+            right_pad(rows, pad_id)[0],
             torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long),
             torch.tensor([len(t) for t in targets], dtype=torch.long),
         )

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
+from ..padding import right_pad
 from ..validation import check_nonempty, check_range
 
 
@@ -191,13 +192,9 @@ def encode_paragraphs(
             ids += piece
         rows.append(ids[:max_tokens])
         toxic_spans.append(span)
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(tokens)
+    tokens, mask = right_pad(rows, pad)
     toxic_mask = torch.zeros_like(tokens)
     for i, (ids, (start, end)) in enumerate(zip(rows, toxic_spans)):
-        tokens[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1
         toxic_mask[i, start : min(end, len(ids))] = 1
     return EncodedParagraphs(tokens, mask, toxic_mask)
 
