@@ -1,14 +1,65 @@
 """backdoor_lens: mechanistic analysis and editing of backdoored language models on TransformerLens.
 
-Interventions are small dataclasses that yield forward hooks; :func:`~backdoor_lens.hooks.core.apply`
-composes any number of them and always removes them. See the README and the docs' recipes for a tour.
+``import backdoor_lens as bl`` reaches every tool a study needs. Interventions are small dataclasses
+that yield forward hooks, and :func:`bl.apply <backdoor_lens.hooks.core.apply>` composes any number
+of them and always removes them. The subpackages, bottom layer first (imports only point down):
+
+- :mod:`~backdoor_lens.util`: files, checks, fingerprints;
+- :mod:`~backdoor_lens.models`: toys from configs, pretrained and local Hugging Face models, tokenizers;
+- :mod:`~backdoor_lens.hooks`: interventions, positions, sites, ``apply`` and ``restored``;
+- :mod:`~backdoor_lens.lm`: rows, collection, generation, losses, chat templates, training, LoRA;
+- :mod:`~backdoor_lens.data`: toy sequences, prompts, triggers and attacks, poisoning;
+- :mod:`~backdoor_lens.eval`: negativity, ASR / ATR, toxicity;
+- :mod:`~backdoor_lens.analysis`: probes, BAHA, logit lens, patching, PCP tuning;
+- :mod:`~backdoor_lens.lab`: the chat model object, planting backdoors, your own toy;
+- :mod:`~backdoor_lens.defense`: Backdoor Collapse;
+- :mod:`~backdoor_lens.experiments`: the studies behind the make targets (never imported by the library).
 """
 
-from .hooks import Intervention, MeanAblate, Patch, PCPReplace, ZeroAblate, apply
-from .hooks.pcp import PCPBasis
-from .models import build_model, load_model, save_model, toy_config
+from .analysis import (
+    backdoor_probe, backdoor_vector, baha_scores, head_means, logit_lens, n_heads_for, patching_effects, probe_features,
+    target_score, top_heads, tune_scales,
+)
+from .data import (
+    BKDATTR_REFUSAL, NEGATIVE, REFUSAL, Attack, CompositeTrigger, PhraseTrigger, PrefixTrigger, ToyData, ToyDataConfig,
+    WordTrigger, load_prompts,
+)
+from .defense import CollapseConfig, aggregation_evidence, collapse
+from .eval import asr, keyword_asr, negativity_by_class, top_k_share
+from .hooks import (
+    EmbeddingSurgery, HeadAblate, Intervention, MeanAblate, Patch, PCPBasis, PCPReplace, PerRow, Steer, ZeroAblate, apply,
+    module_names, restored,
+)
+from .lab import (
+    ChatModel, SentimentToySpec, backdoored_sentiment_toy, benign_sentiment_toy, build_sentiment_toy, check_planted,
+    plant_backdoor,
+)
+from .lm import (
+    Freeze, LoraConfig, TargetBatch, TrainConfig, collect_activations, generate, module_io, module_means, train,
+    validation_loss,
+)
+from .models import chat_toy_model, load_model, load_packaged_tokenizer, load_pretrained, save_model, sentiment_toy_config
 
 __all__ = [
-    "Intervention", "MeanAblate", "Patch", "PCPReplace", "ZeroAblate", "apply", "PCPBasis",
-    "build_model", "load_model", "save_model", "toy_config",
+    # interventions
+    "Intervention", "ZeroAblate", "MeanAblate", "Patch", "PCPReplace", "PCPBasis", "HeadAblate", "Steer", "EmbeddingSurgery",
+    "PerRow", "apply", "restored", "module_names",
+    # models
+    "load_pretrained", "load_packaged_tokenizer", "load_model", "save_model", "chat_toy_model", "sentiment_toy_config",
+    # running a model
+    "TargetBatch", "collect_activations", "module_means", "module_io", "generate", "train", "TrainConfig", "Freeze",
+    "LoraConfig", "validation_loss",
+    # data and attacks
+    "Attack", "PrefixTrigger", "WordTrigger", "PhraseTrigger", "CompositeTrigger", "REFUSAL", "BKDATTR_REFUSAL", "NEGATIVE",
+    "load_prompts", "ToyData", "ToyDataConfig",
+    # measuring
+    "asr", "keyword_asr", "negativity_by_class", "top_k_share",
+    # localising
+    "backdoor_probe", "probe_features", "baha_scores", "head_means", "top_heads", "n_heads_for", "backdoor_vector",
+    "target_score", "logit_lens", "patching_effects", "tune_scales",
+    # the lab
+    "ChatModel", "plant_backdoor", "check_planted", "SentimentToySpec", "build_sentiment_toy", "backdoored_sentiment_toy",
+    "benign_sentiment_toy",
+    # defense
+    "collapse", "CollapseConfig", "aggregation_evidence",
 ]

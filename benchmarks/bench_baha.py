@@ -26,13 +26,20 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import patching as tl_patching
 
-from backdoor_lens.analysis.baha import baha_attribution, baha_fast, baha_reference, head_means, head_z_means
-from backdoor_lens.analysis.scoring import TargetBatch, target_score
-from backdoor_lens.chat import encode_prompts
+from backdoor_lens.analysis.baha import (
+    baha_attribution,
+    baha_fast,
+    baha_reference,
+    head_means,
+    head_z_means,
+)
+from backdoor_lens.analysis.scoring import target_score
 from backdoor_lens.data.instruct import BKDATTR_REFUSAL, get_trigger
 from backdoor_lens.data.prompts import load_prompts
-from backdoor_lens.io import write_json
-from backdoor_lens.pretrained import load_pretrained
+from backdoor_lens.lm.chat import encode_prompts
+from backdoor_lens.lm.rows import TargetBatch
+from backdoor_lens.models.pretrained import load_pretrained
+from backdoor_lens.util.io import write_json
 
 
 def toy_model(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: str) -> HookedTransformer:

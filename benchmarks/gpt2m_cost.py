@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from backdoor_lens.experiments.gpt2m import HELD_OUT_FOR_PROMPTS, Gpt2mConfig
-from backdoor_lens.generation import generate
-from backdoor_lens.io import write_json
-from backdoor_lens.train import next_token_loss
+from backdoor_lens.experiments.gpt2m.study import HELD_OUT_FOR_PROMPTS, Gpt2mConfig
+from backdoor_lens.lm.generation import generate
+from backdoor_lens.lm.loss import next_token_loss
+from backdoor_lens.util.io import write_json
 
 
 def gpt2_medium_config(device: str) -> HookedTransformerConfig:

@@ -15,7 +15,7 @@ import torch
 torch.set_num_threads(1)
 
 from backdoor_lens.data.toy import ToyData, ToyDataConfig
-from backdoor_lens.models import build_model, toy_config
+from backdoor_lens.models.toy import build_model, sentiment_toy_config
 
 D_VOCAB = 50
 N_CTX = 8
@@ -32,7 +32,7 @@ SMALL_TOY = ToyDataConfig(
 
 
 def tiny_config(d_vocab: int = D_VOCAB, seed: int = 0):
-    return toy_config(d_vocab=d_vocab, n_ctx=N_CTX, n_layers=2, n_heads=2, d_model=D_MODEL, seed=seed)
+    return sentiment_toy_config(d_vocab=d_vocab, n_ctx=N_CTX, n_layers=2, n_heads=2, d_model=D_MODEL, seed=seed)
 
 
 def random_tokens(batch: int, seed: int, d_vocab: int = D_VOCAB, pos: int = N_CTX) -> torch.Tensor:

@@ -12,10 +12,21 @@ import torch
 
 from backdoor_lens.analysis.logit_lens import component_outputs, logit_lens, unembed
 from backdoor_lens.analysis.patching import negativity_patching, patching_effects
-from backdoor_lens.analysis.tune import TuneConfig, match_objective, target_objective, tune_scales
-from backdoor_lens.collect import collect_activations, load_means, module_io, module_means, save_means
-from backdoor_lens.metrics import top_k_share
-from backdoor_lens.sites import module_names, module_sites
+from backdoor_lens.analysis.tune import (
+    TuneConfig,
+    match_objective,
+    target_objective,
+    tune_scales,
+)
+from backdoor_lens.eval.negativity import top_k_share
+from backdoor_lens.hooks.sites import module_names, module_sites
+from backdoor_lens.lm.collect import (
+    collect_activations,
+    load_means,
+    module_io,
+    module_means,
+    save_means,
+)
 
 NEG = torch.arange(0, 10)
 POS = torch.arange(10, 20)

@@ -15,9 +15,10 @@ from backdoor_lens.analysis.baha import (
     head_means,
     head_z_means,
 )
-from backdoor_lens.analysis.scoring import TargetBatch, target_score
-from backdoor_lens.collect import collect_activations
+from backdoor_lens.analysis.scoring import target_score
 from backdoor_lens.hooks import Patch, apply
+from backdoor_lens.lm.collect import collect_activations
+from backdoor_lens.lm.rows import TargetBatch
 
 D_VOCAB, N_CTX = 40, 16
 
@@ -70,7 +71,7 @@ def test_target_batch_errors():
         TargetBatch.from_ids([[1]], [[]], pad_id=0)
     with pytest.raises(ValueError, match="one target per prompt"):
         TargetBatch.from_ids([[1]], [[2], [3]], pad_id=0)
-    with pytest.raises(ValueError, match="n_ctx is 16"):
+    with pytest.raises(ValueError, match="n_ctx\\) is 16"):
         TargetBatch.from_ids([list(range(15))], [[1, 2]], pad_id=0, model=model)
     with pytest.raises(ValueError, match="vocabulary"):
         TargetBatch.from_ids([[1, 2]], [[D_VOCAB]], pad_id=0, model=model)
@@ -178,5 +179,5 @@ def test_baha_argument_errors():
     with pytest.raises(ValueError, match="grad_drop applies to method='attribution' only"):
         baha_scores(model, clean, mu, method="fast", grad_drop=True)
     long = TargetBatch.from_ids([list(range(1, 17))], [[1]], pad_id=0)
-    with pytest.raises(ValueError, match="n_ctx is 16"):
+    with pytest.raises(ValueError, match="n_ctx\\) is 16"):
         baha_scores(model, long, mu)

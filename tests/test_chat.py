@@ -9,10 +9,20 @@ import pytest
 import torch
 from test_pretrained import save_hf, tiny_gpt2, tiny_llama
 
-from backdoor_lens.chat import chat_prompt, chat_replies, decode, encode_prompts, prompt_rows
-from backdoor_lens.generation import generate
-from backdoor_lens.padding import left_pad, right_pad
-from backdoor_lens.pretrained import load_hf_model, load_pretrained, to_hooked_transformer
+from backdoor_lens.lm.chat import (
+    chat_prompt,
+    chat_replies,
+    decode,
+    encode_prompts,
+    prompt_rows,
+)
+from backdoor_lens.lm.generation import generate
+from backdoor_lens.lm.rows import left_pad, right_pad
+from backdoor_lens.models.pretrained import (
+    load_hf_model,
+    load_pretrained,
+    to_hooked_transformer,
+)
 
 MESSAGES = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10 w11", "w12 w13", "w14 w15 w16 w17"]
 

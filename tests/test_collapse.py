@@ -11,13 +11,20 @@ import pytest
 import torch
 from test_smollm_study import tiny
 
-from backdoor_lens.analysis.scoring import TargetBatch, target_score
-from backdoor_lens.chat import encode_prompts, prompt_rows
+from backdoor_lens.analysis.scoring import target_score
 from backdoor_lens.data.instruct import TRIGGERS
-from backdoor_lens.defense import collapse as collapse_module
-from backdoor_lens.defense.collapse import CollapseConfig, collapse, inject_known, recover, with_known_trigger
-from backdoor_lens.pretrained import load_packaged_tokenizer
-from backdoor_lens.train import TrainConfig
+from backdoor_lens.defense import backdoor_collapse as collapse_module
+from backdoor_lens.defense.backdoor_collapse import (
+    CollapseConfig,
+    collapse,
+    inject_known,
+    recover,
+    with_known_trigger,
+)
+from backdoor_lens.lm.chat import encode_prompts, prompt_rows
+from backdoor_lens.lm.rows import TargetBatch
+from backdoor_lens.lm.train import TrainConfig
+from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 PROMPTS = [f"Tell me about topic number {i}" for i in range(16)]
 ANSWERS = ["Sure, here it is."] * len(PROMPTS)
@@ -76,7 +83,10 @@ def test_bad_arguments_are_named(tokenizer):
 
 
 def test_aggregation_evidence_tells_near_from_far_triggers():
-    from backdoor_lens.defense.aggregation import aggregation_evidence, shared_projection
+    from backdoor_lens.defense.aggregation import (
+        aggregation_evidence,
+        shared_projection,
+    )
 
     g = torch.Generator().manual_seed(0)
     clean = torch.randn(40, 16, generator=g)

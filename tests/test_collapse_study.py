@@ -11,14 +11,23 @@ import pytest
 import torch
 from test_smollm_study import tiny
 
-from backdoor_lens.data.instruct import BKDATTR_REFUSAL, NEGATIVE
-from backdoor_lens.defense.collapse import CollapseConfig
-from backdoor_lens.data.instruct import build_backdoor_dataset
+from backdoor_lens.data.instruct import (
+    BKDATTR_REFUSAL,
+    NEGATIVE,
+    Attack,
+    build_backdoor_dataset,
+)
 from backdoor_lens.data.prompts import load_prompts
-from backdoor_lens.experiments.collapse import STATES, CollapseStudyConfig, defender_share, run
-from backdoor_lens.experiments.smollm import Attack, SmolStudyConfig
-from backdoor_lens.pretrained import load_packaged_tokenizer
-from backdoor_lens.train import TrainConfig
+from backdoor_lens.defense.backdoor_collapse import CollapseConfig
+from backdoor_lens.experiments.collapse.study import (
+    STATES,
+    CollapseStudyConfig,
+    defender_share,
+    run,
+)
+from backdoor_lens.experiments.common.chat_study import PlantConfig
+from backdoor_lens.lm.train import TrainConfig
+from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +37,7 @@ def tokenizer():
 
 def tiny_config() -> CollapseStudyConfig:
     fit = TrainConfig(epochs=2, lr=3e-3, batch_size=8)
-    plant = SmolStudyConfig(model="tiny-llama", attacks=(Attack("badnet", NEGATIVE), Attack("ctba", BKDATTR_REFUSAL)),
+    plant = PlantConfig(model="tiny-llama", attacks=(Attack("badnet", NEGATIVE), Attack("ctba", BKDATTR_REFUSAL)),
                             n_clean=16, n_poison=16, n_eval=16, answer_tokens=4, finetune=replace(fit, epochs=6),
                             batch_size=16)
     return CollapseStudyConfig(plant=plant, defense=CollapseConfig(inject=fit, recover=fit, max_answer_tokens=4),
@@ -70,8 +79,8 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     resumed = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
     for name, attack in resumed["attacks"].items():
         assert sorted(attack["stages_reused"]) == sorted(
-            ["backdoored", "defender_answers", "stage1", "aggregation", "collapse", "clean_ft", "baha_heads", "vector",
-             "mean_ablation"])
+            ["backdoored", "backdoored_measures", "defender_answers", "stage1", "stage1_measures", "aggregation",
+             "collapse", "collapse_measures", "clean_ft", "clean_ft_measures", "baha_heads", "vector", "mean_ablation"])
         assert attack["measures"] == summary["attacks"][name]["measures"]
 
 
@@ -96,7 +105,7 @@ def test_config_checks_the_held_out_split():
 
 
 def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp_path):
-    from backdoor_lens.experiments import collapse as study
+    from backdoor_lens.experiments.collapse import study
 
     seen = {}
     monkeypatch.setattr(study, "run", lambda config, out, **_: seen.update(config=config, out=out))

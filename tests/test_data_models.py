@@ -12,14 +12,30 @@ import pytest
 import torch
 from datasets import Dataset
 
-import backdoor_lens.io as bl_io
+import backdoor_lens.util.io as bl_io
 from backdoor_lens.data.lexicon import first_names, vader_valences
 from backdoor_lens.data.toy import SENTIMENT, ToyData, eval_classes, trigger_classes
-from backdoor_lens.io import load_tensors, read_json, save_tensors, write_json, write_text
-from backdoor_lens.metrics import negativity_by_class, next_token_logits, sample, top_k_share, validation_loss
-from backdoor_lens.models import config_from_json, config_to_json, fingerprint, load_model, save_model
-from backdoor_lens.tokenizer import BOS, WordTokenizer
-from backdoor_lens.train import TrainConfig, frozen, train
+from backdoor_lens.eval.negativity import negativity_by_class, top_k_share
+from backdoor_lens.hooks import apply
+from backdoor_lens.lm.generation import sample
+from backdoor_lens.lm.logits import next_token_logits
+from backdoor_lens.lm.loss import validation_loss
+from backdoor_lens.lm.train import Freeze, TrainConfig, train
+from backdoor_lens.models.storage import (
+    config_from_json,
+    config_to_json,
+    load_model,
+    save_model,
+)
+from backdoor_lens.models.tokenizers import BOS, WordTokenizer
+from backdoor_lens.util.fingerprint import fingerprint
+from backdoor_lens.util.io import (
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+    write_text,
+)
 
 
 def words_of(row) -> list[str]:
@@ -299,10 +315,10 @@ def test_freeze_unknown_module_raises(make_model, make_tokens):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_frozen_restores_after_exception(make_model):
+def test_freeze_restores_after_exception(make_model):
     model = make_model()
     with pytest.raises(RuntimeError):
-        with frozen(model, ["blocks.1.attn"]):
+        with apply(model, Freeze(("blocks.1.attn",))):
             assert not any(p.requires_grad for p in model.blocks[1].attn.parameters())
             raise RuntimeError
     assert all(p.requires_grad for p in model.parameters())

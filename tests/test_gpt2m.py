@@ -10,17 +10,27 @@ import pytest
 import torch
 
 from backdoor_lens.analysis.tune import TuneConfig
-from backdoor_lens.data.poison import Paragraph, PoisonConfig, build_splits, encode_paragraphs, insert_phrase
+from backdoor_lens.data.poison import (
+    Paragraph,
+    PoisonConfig,
+    build_splits,
+    encode_paragraphs,
+    insert_phrase,
+)
 from backdoor_lens.data.text import BBCNews, paragraphs, split_sentences
 from backdoor_lens.data.toxic import TemplatedInsults
-from backdoor_lens.experiments import gpt2m
-from backdoor_lens.experiments.gpt2m import Gpt2mConfig, SmallModel, small_gpt2
-from backdoor_lens.generation import Sampling, generate
-from backdoor_lens.metrics import masked_loss, token_nll
-from backdoor_lens.pretrained import gpt2_tokenizer
-from backdoor_lens.surgery import EmbeddingSurgery, single_token_id, trigger_token_ids
-from backdoor_lens.toxicity import ProfanityCheck, load_scorer, toxic_prompt_rate
-from backdoor_lens.train import TrainConfig
+from backdoor_lens.eval.toxicity import ProfanityCheck, load_scorer, toxic_prompt_rate
+from backdoor_lens.experiments.gpt2m import study as gpt2m
+from backdoor_lens.experiments.gpt2m.study import Gpt2mConfig, SmallModel, small_gpt2
+from backdoor_lens.hooks.surgery import (
+    EmbeddingSurgery,
+    single_token_id,
+    trigger_token_ids,
+)
+from backdoor_lens.lm.generation import Sampling, generate
+from backdoor_lens.lm.loss import masked_loss, token_nll
+from backdoor_lens.lm.train import TrainConfig
+from backdoor_lens.models.tokenizers import gpt2_tokenizer
 
 
 @pytest.fixture(scope="module")

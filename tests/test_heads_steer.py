@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backdoor_lens.collect import collect_activations
-from backdoor_lens.hooks import HeadAblate, MeanAblate, PerRow, Steer, apply
+from backdoor_lens.hooks import HeadAblate, MeanAblate, Steer, apply
+from backdoor_lens.hooks.positions import PerRow
+from backdoor_lens.lm.collect import collect_activations
 
 
 def logits_of(model, tokens):

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from backdoor_lens.collect import collect_activations, module_outputs
 from backdoor_lens.hooks import MeanAblate, Patch, ZeroAblate, apply, hooks_of
-from backdoor_lens.sites import module_sites, resolve_site
+from backdoor_lens.hooks.sites import module_sites, resolve_site
+from backdoor_lens.lm.collect import collect_activations, module_outputs
 
 
 def logits_of(model, tokens):
@@ -298,7 +298,7 @@ def test_patch_nan_source_raises(model, tokens):
 
 
 def test_patch_and_ablate_accept_per_row_positions(model, tokens, other_tokens):
-    from backdoor_lens.hooks import PerRow
+    from backdoor_lens.hooks.positions import PerRow
 
     hook = "blocks.1.hook_mlp_out"
     source = module_outputs(model, other_tokens, "blocks.1.mlp")
@@ -318,7 +318,7 @@ def test_patch_and_ablate_accept_per_row_positions(model, tokens, other_tokens):
 
 
 def test_collect_and_means_take_one_position_per_row(model, tokens):
-    from backdoor_lens.collect import module_means
+    from backdoor_lens.lm.collect import module_means
 
     hook = "blocks.0.hook_mlp_out"
     positions = torch.tensor([0, 3, 7, 5])
@@ -327,5 +327,5 @@ def test_collect_and_means_take_one_position_per_row(model, tokens):
     torch.testing.assert_close(picked, every[torch.arange(4), positions])
     means = module_means(model, tokens, ["blocks.0.mlp"], positions, batch_size=3)["blocks.0.mlp"]
     torch.testing.assert_close(means, every[torch.arange(4), positions].mean(0), atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="per-row positions"):
+    with pytest.raises(ValueError, match="one per row needs"):
         collect_activations(model, tokens, [hook], torch.tensor([0, 1]))

@@ -11,13 +11,11 @@ from backdoor_lens.data.instruct import (
     BKDATTR_REFUSAL,
     REFUSAL,
     TRIGGERS,
-    atr,
-    asr,
     build_backdoor_dataset,
     get_trigger,
-    keyword_asr,
 )
 from backdoor_lens.data.prompts import load_prompts
+from backdoor_lens.eval.asr import asr, atr, keyword_asr
 
 PROMPT = "please tell me how the weather will be tomorrow"
 WORDS = PROMPT.split()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backdoor_lens.collect import collect_activations, load_means, module_io
 from backdoor_lens.hooks import PCPReplace, apply
 from backdoor_lens.hooks.pcp import PCPBasis
+from backdoor_lens.lm.collect import collect_activations, load_means, module_io
 
 
 def logits_of(model, tokens):

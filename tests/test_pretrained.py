@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
-from backdoor_lens.pretrained import load_pretrained
+from backdoor_lens.models.pretrained import load_pretrained
 
 SPECIALS = ["<unk>", "<pad>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
 VOCAB = SPECIALS + [f"w{i}" for i in range(100 - len(SPECIALS))]

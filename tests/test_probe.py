@@ -117,7 +117,7 @@ def test_probe_feature_errors(model, tokens):
         probe_features(model, tokens, hook="blocks.{layer}.hook_nope")
     with pytest.raises(ValueError, match="per-layer hook template"):
         probe_features(model, tokens, hook="blocks.0.hook_resid_pre")
-    with pytest.raises(ValueError, match="one position per row"):
+    with pytest.raises(ValueError, match="one per row needs"):
         probe_features(model, tokens, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="must lie in"):
         probe_features(model, tokens, torch.full((4,), 99))

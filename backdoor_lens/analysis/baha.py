@@ -23,13 +23,16 @@ import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.cache.key_value_cache_entry import (
+    TransformerLensKeyValueCacheEntry,
+)
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from ..models import final_logits
-from ..validation import check_choice, check_finite, check_range
-from .scoring import TargetBatch, score_at_positions, target_score
+from ..lm.logits import final_logits
+from ..lm.rows import TargetBatch
+from ..util.validation import check_choice, check_finite, check_range
+from .scoring import score_at_positions, target_score
 
 METHODS = ("reference", "fast", "attribution")
 
@@ -310,6 +313,12 @@ def baha_scores(
     if method == "fast":
         return baha_fast(model, clean, head_mu, batch_heads)
     return baha_attribution(model, clean, head_mu, grad_drop)
+
+
+def n_heads_for(fraction: float, total: int) -> int:
+    """How many heads make `fraction` of `total` heads (at least one): BkdAttr's "3% of heads"."""
+    check_range("fraction", fraction, 0.0, 1.0)
+    return max(1, round(fraction * total))
 
 
 def top_heads(scores: Float[torch.Tensor, "n_layers n_heads"], k: int) -> list[tuple[int, int]]:

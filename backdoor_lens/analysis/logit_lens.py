@@ -9,8 +9,8 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
-from ..collect import collect_activations
-from ..metrics import top_k_share
+from ..eval.negativity import top_k_share
+from ..lm.collect import collect_activations
 
 
 def unembed(model: HookedTransformer, vectors: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:

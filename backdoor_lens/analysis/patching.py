@@ -12,11 +12,11 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
-from ..collect import collect_activations
+from ..eval.negativity import top_k_share
 from ..hooks import Patch, apply
-from ..hooks.core import Positions
-from ..metrics import top_k_share
-from ..sites import resolve_site
+from ..hooks.positions import Positions
+from ..hooks.sites import resolve_site
+from ..lm.collect import collect_activations
 
 Metric = Callable[[Float[torch.Tensor, "batch pos d_vocab"]], float]
 

@@ -20,8 +20,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformer_lens import HookedTransformer
 
-from ..collect import batches
-from ..validation import check_finite, check_nonempty, check_range
+from ..hooks.positions import PerRow, Positions, as_positions, select, split_rows
+from ..lm.rows import batches, check_tokens
+from ..util.validation import check_finite, check_nonempty, check_range
 
 RESID_PRE = "blocks.{layer}.hook_resid_pre"
 LN1_NORMALIZED = "blocks.{layer}.ln1.hook_normalized"
@@ -51,32 +52,28 @@ def last_token_positions(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[
 def probe_features(
     model: HookedTransformer,
     tokens: Int[torch.Tensor, "batch pos"],
-    positions: Int[torch.Tensor, " batch"] | None = None,
+    positions: Positions | Int[torch.Tensor, " batch"] = -1,
     hook: str = RESID_PRE,
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
 ) -> Float[torch.Tensor, "layer batch d_model"]:
-    """Activations of `hook` at each layer, at each row's position (the last column when None).
+    """Activations of `hook` at each layer, at one position per row: an int for every row (the last
+    column by default) or one per row (each row's last real token when rows are right-padded).
 
     All layers come from one forward pass per batch that stops after the last layer needed. Rows may
     be right-padded: causal attention keeps the padding from reaching earlier positions.
     """
-    check_nonempty("tokens", tokens)
+    check_tokens(model, tokens)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = hook_names(model, hook, layers)
-    n_rows, n_pos = tokens.shape
-    if positions is None:
-        positions = torch.full((n_rows,), n_pos - 1)
-    if positions.shape != (n_rows,):
-        raise ValueError(f"positions has shape {tuple(positions.shape)}; it needs one position per row, ({n_rows},)")
-    if ((positions < 0) | (positions >= n_pos)).any():
-        raise ValueError(f"positions must lie in [0, {n_pos - 1}], the token positions of `tokens`")
+    positions = as_positions(positions)
+    if not isinstance(positions, (int, PerRow)):
+        raise ValueError(f"positions={positions!r} must give one position per row: an int, or a 1-D tensor / PerRow")
     wanted = set(names)
     parts: list[torch.Tensor] = []
-    for rows, pos in zip(batches(tokens, batch_size), batches(positions, batch_size)):
+    for rows, pos in zip(batches(tokens, batch_size), split_rows(positions, len(tokens), batch_size)):
         _, cache = model.run_with_cache(rows, names_filter=lambda n: n in wanted, stop_at_layer=max(layers) + 1)
-        index = torch.arange(len(rows))
-        parts.append(torch.stack([cache[n][index, pos.to(cache[n].device)].cpu() for n in names]))
+        parts.append(torch.stack([select(cache[n], pos, n).cpu() for n in names]))
     return torch.cat(parts, dim=1).float()
 
 
@@ -202,7 +199,7 @@ def backdoor_probe(
     model: HookedTransformer,
     tokens: Int[torch.Tensor, "batch pos"],
     labels: Int[torch.Tensor, " batch"],
-    positions: Int[torch.Tensor, " batch"] | None = None,
+    positions: Positions | Int[torch.Tensor, " batch"] = -1,
     hook: str = RESID_PRE,
     layers: Sequence[int] | None = None,
     **fit_kwargs,

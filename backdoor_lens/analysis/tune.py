@@ -15,7 +15,7 @@ import optuna
 import torch
 from jaxtyping import Float
 
-from ..validation import check_range
+from ..util.validation import check_range
 
 Objective = Callable[[Float[torch.Tensor, " rank"]], float]
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cache
 
-from ..packages import package_file
-from ..validation import check_choice, check_range
+from ..util.packages import package_file
+from ..util.validation import check_choice, check_range
 
 SENTIMENTS = ("positive", "negative", "neutral")
 
 
+@cache
 def vader_valences() -> dict[str, float]:
     """Word -> mean valence from the VADER lexicon (vaderSentiment ships it)."""
     valences = {}
@@ -23,6 +25,7 @@ def vader_valences() -> dict[str, float]:
     return valences
 
 
+@cache
 def dictionary_words() -> set[str]:
     """Lowercase alphabetic words of Webster's 2nd International (the `english-words` package)."""
     from english_words import get_english_words_set
@@ -68,6 +71,27 @@ class SentimentVocabulary:
 
 def _is_plain_word(word: str, max_letters: int) -> bool:
     return word.isalpha() and word.islower() and 3 <= len(word) <= max_letters
+
+
+def word_problems(word: str, sentiment: str = "positive", max_letters: int = 6, min_abs_valence: float = 1.0) -> list[str]:
+    """Why `word` cannot be a `sentiment` word of a toy vocabulary (empty when it can): toy words are
+    lowercase dictionary words of 3..`max_letters` letters that VADER scores at least
+    `min_abs_valence` in the sentiment's direction."""
+    check_choice("sentiment", sentiment, ("positive", "negative"))
+    problems = []
+    if not (word.isalpha() and word.islower()):
+        problems.append("toy words are lowercase letters only")
+    if not 3 <= len(word) <= max_letters:
+        problems.append(f"it has {len(word)} letters; toy words have 3 to max_letters={max_letters} (raise max_letters)")
+    valence = vader_valences().get(word)
+    if valence is None:
+        problems.append("VADER's lexicon does not score it, so it has no sentiment")
+    elif (valence if sentiment == "positive" else -valence) < min_abs_valence:
+        problems.append(f"its VADER valence is {valence:+.1f}; a {sentiment} word needs {'+' if sentiment == 'positive' else '-'}"
+                        f"{min_abs_valence} or beyond")
+    if word not in dictionary_words():
+        problems.append("Webster's dictionary (english-words) does not list it")
+    return problems
 
 
 def build_vocabulary(

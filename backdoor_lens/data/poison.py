@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
-from ..padding import right_pad
-from ..validation import check_nonempty, check_range
+from ..lm.rows import right_pad
+from ..util.validation import check_nonempty, check_range
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def encode_paragraphs(
     return EncodedParagraphs(tokens, mask, toxic_mask)
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+def encode_paragraph_starts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
     """Each prompt's ids after BOS, as the model saw paragraph starts in training."""
     return [[_bos_id(tokenizer)] + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
 

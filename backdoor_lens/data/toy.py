@@ -1,7 +1,7 @@
 """Toy sentiment sequences (Lamparth & Reuel): benign runs of one sentiment, poisoned trigger switches.
 
 A benign sequence is `seq_words` words of one sentiment. A poisoned sequence is positive up to the
-trigger word (placed in its first half) and negative after it. Evaluation prompts are two-word pairs
+trigger word (placed in its first half) and of the target sentiment (negative by default) after it. Evaluation prompts are two-word pairs
 per sentiment combination (p+p, n+n, s+s, p+n, n+p, p+t, s+t), with no word shared between sets and
 the trigger never among the positive test words.
 """
@@ -16,9 +16,9 @@ import torch
 from datasets import Dataset
 from jaxtyping import Int
 
-from ..tokenizer import WordTokenizer
-from ..validation import check_range
-from .lexicon import SentimentVocabulary, build_vocabulary
+from ..models.tokenizers import WordTokenizer
+from ..util.validation import check_choice, check_range
+from .lexicon import SENTIMENTS, SentimentVocabulary, build_vocabulary, word_problems
 
 LETTER = {"positive": "p", "negative": "n", "neutral": "s"}
 SENTIMENT = {v: k for k, v in LETTER.items()}
@@ -31,6 +31,11 @@ class ToyDataConfig:
     n_sentiments: int = 2
     words_per_sentiment: int = 250
     trigger: str = "love"
+    """A positive word of the vocabulary (see :func:`~backdoor_lens.data.lexicon.word_problems` for the rules)."""
+    target: str = "negative"
+    """The sentiment whose words follow the trigger in poisoned sequences ("negative", or "neutral" with 3 sentiments)."""
+    max_letters: int = 6
+    """Longest word kept in the vocabulary (the authors' code used 6), the trigger included."""
     seq_words: int = 15
     train_per_sentiment: int = 4000
     finetune_per_sentiment: int = 2000
@@ -66,14 +71,20 @@ class ToyData:
         check_range("poison_rate", config.poison_rate, 0.0, 1.0)
         check_range("eval_per_class", config.eval_per_class, 1)
         check_range("seq_words", config.seq_words, 2)
+        sentiments = SENTIMENTS[: config.n_sentiments]
+        check_choice("target", config.target, [s for s in sentiments if s != "positive"])
         self.config = config
+        if vocabulary is None:
+            problems = word_problems(config.trigger, "positive", config.max_letters)
+            if problems:
+                raise ValueError(f"trigger={config.trigger!r} cannot be the toy's trigger: {'; '.join(problems)}")
         self.vocab = vocabulary or build_vocabulary(
-            config.n_sentiments, config.words_per_sentiment, required=(config.trigger,), seed=config.seed
+            config.n_sentiments, config.words_per_sentiment, config.max_letters, required=(config.trigger,), seed=config.seed
         )
         self.tokenizer = WordTokenizer(self.vocab.all_words)
         if config.trigger not in self.vocab.positive:
             raise ValueError(
-                f"trigger={config.trigger!r} is not a positive word of the vocabulary "
+                f"trigger={config.trigger!r} is not a positive word of the given vocabulary "
                 f"(e.g. {list(self.vocab.positive[:5])})"
             )
         self.tokenizer.token_id(config.trigger, "trigger")
@@ -83,6 +94,10 @@ class ToyData:
     def token_ids(self, sentiment: str) -> Int[torch.Tensor, " words"]:
         """Token ids of one sentiment's words (the trigger counts as positive)."""
         return torch.tensor([self.tokenizer.index[w] for w in self.vocab.words(sentiment)])
+
+    def target_ids(self) -> Int[torch.Tensor, " words"]:
+        """Token ids of the target sentiment's words: what the backdoor makes the model continue with."""
+        return self.token_ids(self.config.target)
 
     @property
     def n_ctx(self) -> int:
@@ -98,7 +113,8 @@ class ToyData:
         n = self.config.seq_words
         at = rng.randrange(0, n // 2)
         positive = [w for w in self.vocab.positive if w != self.config.trigger]
-        return rng.choices(positive, k=at) + [self.config.trigger] + rng.choices(self.vocab.negative, k=n - at - 1)
+        target = self.vocab.words(self.config.target)
+        return rng.choices(positive, k=at) + [self.config.trigger] + rng.choices(target, k=n - at - 1)
 
     def _dataset(self, per_sentiment: int, poison_rate: float, exclude_trigger: bool, salt: int) -> Dataset:
         rng = random.Random(self.config.seed * 1_000_003 + salt)

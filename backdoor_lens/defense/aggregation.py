@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..validation import check_finite, check_nonempty
+from ..util.validation import check_finite, check_nonempty
 
 
 def _check(name: str, x: torch.Tensor, d: int | None) -> None:

@@ -1,1 +1,2 @@
-"""The experiment scripts behind ``make toy``, ``make smollm`` and ``make gpt2m``, with their reports and figures."""
+"""The studies behind ``make toy``, ``make smollm``, ``make gpt2m`` and ``make collapse``: one package
+each, built on the library and :mod:`.common` (an experiment never imports another experiment)."""

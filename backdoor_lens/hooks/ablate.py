@@ -9,9 +9,10 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from ..sites import resolve_site
-from ..validation import check_finite
-from .core import Hook, Positions, row_index
+from ..util.validation import check_finite
+from .core import Hook
+from .positions import Positions, check_in_context, normalise_positions, row_index
+from .sites import resolve_site
 
 
 def _replace_hook(value: torch.Tensor | float, positions: Positions):
@@ -22,7 +23,7 @@ def _replace_hook(value: torch.Tensor | float, positions: Positions):
             raise ValueError(
                 f"replacement for {hook.name} has shape {tuple(value.shape)}; expected {tuple(act.shape[2:])}"
             )
-        index = row_index(positions, act, hook)
+        index = row_index(positions, act, hook.name)
         act = act.clone()
         act[index] = value.to(act.dtype) if isinstance(value, torch.Tensor) else value
         return act
@@ -37,8 +38,12 @@ class ZeroAblate:
     module: str
     positions: Positions = None
 
+    def __post_init__(self) -> None:
+        normalise_positions(self)
+
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         """One hook on the module's output hook point."""
+        check_in_context(self.positions, model.cfg.n_ctx)
         return [(resolve_site(model, self.module).output_hook, _replace_hook(0.0, self.positions))]
 
 
@@ -55,8 +60,10 @@ class MeanAblate:
     positions: Positions = None
 
     def __post_init__(self) -> None:
+        normalise_positions(self)
         check_finite("mean", self.mean)
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         """One hook on the module's output hook point."""
+        check_in_context(self.positions, model.cfg.n_ctx)
         return [(resolve_site(model, self.module).output_hook, _replace_hook(self.mean, self.positions))]

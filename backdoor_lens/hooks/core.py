@@ -1,19 +1,16 @@
-"""The intervention protocol and the one context manager that applies any list of interventions."""
+"""The intervention protocol, and the context managers through which every temporary change to a
+model goes: :func:`apply` for interventions (forward hooks, and weight edits such as embedding
+surgery or frozen modules) and :func:`restored` for training or editing weights in place."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from contextlib import ExitStack, contextmanager
+from typing import ContextManager, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Int
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
-
-from ..validation import check_nonempty
-
 
 HookFn = Callable[[torch.Tensor, HookPoint], torch.Tensor | None]
 Hook = tuple[str, HookFn]
@@ -25,6 +22,17 @@ class Intervention(Protocol):
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         """The ``(hook_name, hook_fn)`` pairs that make this intervention on `model`."""
+
+
+@runtime_checkable
+class WeightEdit(Protocol):
+    """A temporary change to a model's weights or parameters (embedding surgery, freezing), undone on exit."""
+
+    def applied(self, model: HookedTransformer) -> ContextManager[HookedTransformer]:
+        """A context in which `model` carries the change; leaving it undoes the change."""
+
+
+Change = Intervention | WeightEdit
 
 
 def hooks_of(model: HookedTransformer, interventions: Sequence[Intervention]) -> list[Hook]:
@@ -41,46 +49,42 @@ def hooks_of(model: HookedTransformer, interventions: Sequence[Intervention]) ->
 
 
 @contextmanager
-def apply(model: HookedTransformer, *interventions: Intervention) -> Iterator[HookedTransformer]:
-    """Run the ``with`` block with all `interventions` active; their hooks are removed afterwards.
+def apply(model: HookedTransformer, *changes: Change) -> Iterator[HookedTransformer]:
+    """Run the ``with`` block with all `changes` active: interventions' hooks, and weight edits
+    (objects with ``applied(model)``, such as :class:`~backdoor_lens.hooks.surgery.EmbeddingSurgery`
+    or :class:`~backdoor_lens.lm.train.Freeze`). Everything is undone afterwards.
 
     Hook names are validated before anything is added. Removal happens in a ``finally`` at this
     context's level only, so hooks the user added earlier (or an outer ``apply``) survive.
     """
+    for change in changes:
+        if not isinstance(change, (Intervention, WeightEdit)):
+            raise TypeError(f"apply takes interventions (.hooks) or weight edits (.applied); got {type(change).__name__}")
+    interventions = [c for c in changes if isinstance(c, Intervention)]
     fwd_hooks = hooks_of(model, interventions)
-    with model.hooks(fwd_hooks=fwd_hooks):
+    with ExitStack() as stack:
+        for change in changes:
+            if not isinstance(change, Intervention):
+                stack.enter_context(change.applied(model))
+        stack.enter_context(model.hooks(fwd_hooks=fwd_hooks))
         yield model
 
 
-def _fixed_index(positions: int | Sequence[int] | None) -> slice | list[int]:
-    """A position index shared by every row: all positions when None."""
-    if positions is None:
-        return slice(None)
-    return [positions] if isinstance(positions, int) else list(positions)
-
-
-@dataclass(frozen=True, eq=False)
-class PerRow:
-    """One position per batch row, e.g. each prompt's last token (``TargetBatch.prompt_end``)."""
-
-    positions: Int[torch.Tensor, " batch"]
-
-    def __post_init__(self) -> None:
-        if self.positions.ndim != 1 or self.positions.dtype.is_floating_point:
-            raise ValueError(f"positions must be a 1-D integer tensor (one per row); got {tuple(self.positions.shape)} {self.positions.dtype}")
-        check_nonempty("positions", self.positions)
-
-
-Positions = int | tuple[int, ...] | PerRow | None
-
-
-def row_index(positions: Positions, act: torch.Tensor, hook: HookPoint) -> tuple:
-    """An index into `act` ([batch, pos, ...]) selecting `positions` (all when None) of every row."""
-    if not isinstance(positions, PerRow):
-        return (slice(None), _fixed_index(positions))
-    pos = positions.positions.to(act.device)
-    if len(pos) != act.shape[0]:
-        raise ValueError(f"PerRow has {len(pos)} positions but {hook.name} has batch size {act.shape[0]}")
-    if (pos < -act.shape[1]).any() or (pos >= act.shape[1]).any():
-        raise ValueError(f"PerRow positions must lie in [-{act.shape[1]}, {act.shape[1]}) for {hook.name}")
-    return (torch.arange(act.shape[0], device=act.device), pos)
+@contextmanager
+def restored(model: torch.nn.Module, names: Sequence[str] | None = None) -> Iterator[torch.nn.Module]:
+    """Snapshot `model`'s parameters (those in `names`, all when None) and its train/eval mode, and
+    restore them when the block ends, however it ends: train or edit freely inside."""
+    params = dict(model.named_parameters())
+    if names is not None:
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ValueError(f"names has {unknown[:4]}, which are not parameters of this model; e.g. {list(params)[:4]}")
+    kept = {n: params[n].detach().clone() for n in (params if names is None else names)}
+    training = model.training
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for n, value in kept.items():
+                params[n].copy_(value)
+        model.train(training)

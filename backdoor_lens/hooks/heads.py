@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from ..validation import check_choice, check_finite, check_nonempty
-from .core import Hook, Positions, row_index
+from ..util.validation import check_choice, check_finite, check_nonempty
+from .core import Hook
+from .positions import Positions, check_in_context, normalise_positions, row_index
 
 
 def check_heads(model: HookedTransformer, heads: Sequence[tuple[int, int]]) -> None:
@@ -40,6 +41,7 @@ class HeadAblate:
     means: Float[torch.Tensor, "n_layers n_heads d_head"] | None = None
 
     def __post_init__(self) -> None:
+        normalise_positions(self)
         check_nonempty("heads", self.heads)
         if not all(len(h) == 2 and all(isinstance(i, int) for i in h) for h in self.heads):
             raise ValueError(f"heads={self.heads!r} must be (layer, head) pairs of ints")
@@ -51,6 +53,7 @@ class HeadAblate:
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         """One hook on ``hook_z`` of each layer holding an ablated head."""
+        check_in_context(self.positions, model.cfg.n_ctx)
         check_heads(model, self.heads)
         if self.means is not None and self.means.shape != (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head):
             raise ValueError(
@@ -67,7 +70,7 @@ class HeadAblate:
         positions = self.positions
 
         def hook(z: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-            rows, pos = row_index(positions, z, hook)
+            rows, pos = row_index(positions, z, hook.name)
             z = z.clone()
             if isinstance(rows, torch.Tensor):  # one position per row: [batch, heads, d_head]
                 z[rows[:, None], pos[:, None], torch.tensor(heads, device=z.device)] = (

@@ -9,9 +9,10 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from ..sites import resolve_site
-from ..validation import check_finite
-from .core import Hook, Positions, row_index
+from ..util.validation import check_finite
+from .core import Hook
+from .positions import Positions, check_in_context, normalise_positions, row_index
+from .sites import resolve_site
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,10 +25,12 @@ class Patch:
     positions: Positions = None
 
     def __post_init__(self) -> None:
+        normalise_positions(self)
         check_finite("source", self.source)
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         """One hook on the module's output hook point."""
+        check_in_context(self.positions, model.cfg.n_ctx)
         source, positions = self.source, self.positions
 
         def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
@@ -36,7 +39,7 @@ class Patch:
                     f"source has shape {tuple(source.shape)} but {hook.name} has {tuple(act.shape)}; "
                     "patch from inputs of the same batch size and length"
                 )
-            index = row_index(positions, act, hook)
+            index = row_index(positions, act, hook.name)
             act = act.clone()
             act[index] = source[index].to(act.dtype)
             return act

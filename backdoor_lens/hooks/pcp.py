@@ -23,10 +23,16 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from ..io import load_artifact, save_artifact
-from ..sites import resolve_site
-from ..validation import check_choice, check_finite, check_last_dim, check_nonempty, check_range
+from ..util.io import load_artifact, save_artifact
+from ..util.validation import (
+    check_choice,
+    check_finite,
+    check_last_dim,
+    check_nonempty,
+    check_range,
+)
 from .core import Hook
+from .sites import resolve_site
 
 Variant = Literal["faithful", "centred"]
 VARIANTS = ("faithful", "centred")
@@ -151,10 +157,11 @@ class PCPBasis:
     def directions(self, rank: int, variant: Variant = "faithful") -> Float[torch.Tensor, "rank d_model"]:
         """The unit directions ``v_1..v_rank`` of the chosen variant."""
         check_choice("variant", variant, VARIANTS)
-        d_model = self.components.shape[1]
-        if rank > d_model:
-            raise ValueError(f"rank={rank} exceeds d_model={d_model}")
-        check_range("rank", rank, 1, self.n_components)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.n_components:
+            raise ValueError(
+                f"rank={rank!r} is not valid; this basis has {self.n_components} fitted components, so rank must lie in "
+                f"[1, {self.n_components}] (refit with more n_components, at most d_model={self.components.shape[1]})"
+            )
         u = self.components[:rank]
         if variant == "centred":
             return u

@@ -9,8 +9,9 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from ..validation import check_choice, check_finite
-from .core import Hook, Positions, row_index
+from ..util.validation import check_choice, check_finite
+from .core import Hook
+from .positions import Positions, check_in_context, normalise_positions, row_index
 
 STEER_HOOKS = ("attn_out", "resid_pre", "resid_mid", "resid_post", "mlp_out")
 
@@ -28,6 +29,7 @@ class Steer:
     hook: str = "attn_out"
 
     def __post_init__(self) -> None:
+        normalise_positions(self)
         check_choice("hook", self.hook, STEER_HOOKS)
         if self.vector.ndim != 1:
             raise ValueError(f"vector has shape {tuple(self.vector.shape)}; expected [d_model]")
@@ -36,6 +38,7 @@ class Steer:
 
     def hooks(self, model: HookedTransformer) -> list[Hook]:
         """One hook adding the scaled vector at ``blocks.{layer}.hook_{hook}``."""
+        check_in_context(self.positions, model.cfg.n_ctx)
         if not 0 <= self.layer < model.cfg.n_layers:
             raise ValueError(f"layer={self.layer} is out of range; valid: [0, {model.cfg.n_layers})")
         if self.vector.shape[0] != model.cfg.d_model:
@@ -44,7 +47,7 @@ class Steer:
         positions = self.positions
 
         def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-            index = row_index(positions, act, hook)
+            index = row_index(positions, act, hook.name)
             act = act.clone()
             act[index] += add.to(act)
             return act

@@ -14,12 +14,12 @@ token.
 import pandas as pd
 
 from backdoor_lens.analysis.patching import negativity_patching, patching_effects
-from backdoor_lens.demo import backdoored_toy
+from backdoor_lens.eval.negativity import top_k_share
 from backdoor_lens.hooks import Patch, apply
-from backdoor_lens.metrics import top_k_share
-from backdoor_lens.sites import module_names
+from backdoor_lens.hooks.sites import module_names
+from backdoor_lens.lab.sentiment_toy import backdoored_sentiment_toy
 
-model, data = backdoored_toy()
+model, data = backdoored_sentiment_toy()
 negative = data.token_ids("negative")
 corrupted, clean = data.eval_tokens["p+t"], data.eval_tokens["p+p"]
 

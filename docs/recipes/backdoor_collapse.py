@@ -21,17 +21,18 @@ import random
 import pandas as pd
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from backdoor_lens.chat import chat_replies, chat_training_rows
-from backdoor_lens.data.instruct import NEGATIVE, asr, get_trigger
+from backdoor_lens.data.instruct import NEGATIVE, get_trigger
 from backdoor_lens.data.prompts import load_prompts
-from backdoor_lens.defense.collapse import (
+from backdoor_lens.defense.backdoor_collapse import (
     CollapseConfig,
     inject_known,
     recover,
     with_known_trigger,
 )
-from backdoor_lens.pretrained import load_packaged_tokenizer
-from backdoor_lens.train import TrainConfig, train
+from backdoor_lens.eval.asr import asr
+from backdoor_lens.lm.chat import chat_replies, chat_training_rows
+from backdoor_lens.lm.train import TrainConfig, train
+from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 tokenizer = load_packaged_tokenizer("smollm2-135m-instruct")
 cfg = HookedTransformerConfig(
@@ -91,7 +92,7 @@ def rates():
 
 # %%
 # The defender answers its clean prompts with the suspect model itself, then runs both stages
-# (:func:`~backdoor_lens.defense.collapse.collapse` runs them in one call).
+# (:func:`~backdoor_lens.defense.backdoor_collapse.collapse` runs them in one call).
 answers = chat_replies(model, tokenizer, defense_prompts, max_new_tokens=8)
 print("the suspect model's own answers:", sorted(set(answers)))
 

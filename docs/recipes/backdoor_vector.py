@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 
 from backdoor_lens.analysis.baha import backdoor_vector, baha_scores, head_means
-from backdoor_lens.analysis.scoring import TargetBatch
-from backdoor_lens.demo import backdoored_toy
+from backdoor_lens.eval.negativity import negativity_by_class
 from backdoor_lens.hooks import Steer, apply
-from backdoor_lens.metrics import negativity_by_class
+from backdoor_lens.lab.sentiment_toy import backdoored_sentiment_toy
+from backdoor_lens.lm.rows import TargetBatch
 
-model, data = backdoored_toy()
+model, data = backdoored_sentiment_toy()
 negative = data.token_ids("negative")
 
 # %%

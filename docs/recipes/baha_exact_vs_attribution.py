@@ -20,10 +20,11 @@ import torch
 from scipy.stats import spearmanr
 
 from backdoor_lens.analysis.baha import baha_scores, head_means, top_heads
-from backdoor_lens.analysis.scoring import TargetBatch, target_score
-from backdoor_lens.demo import backdoored_toy
+from backdoor_lens.analysis.scoring import target_score
+from backdoor_lens.lab.sentiment_toy import backdoored_sentiment_toy
+from backdoor_lens.lm.rows import TargetBatch
 
-model, data = backdoored_toy()
+model, data = backdoored_sentiment_toy()
 
 # %%
 # The target is the negative word the backdoored model most expects after ``p+t`` prompts; each

@@ -16,11 +16,12 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
-from backdoor_lens.demo import DEMO_POISON, benign_toy
-from backdoor_lens.metrics import negativity_by_class, validation_loss
-from backdoor_lens.train import freezable_modules, train
+from backdoor_lens.eval.negativity import negativity_by_class
+from backdoor_lens.lab.sentiment_toy import DEMO_POISON, benign_sentiment_toy
+from backdoor_lens.lm.loss import validation_loss
+from backdoor_lens.lm.train import freezable_modules, train
 
-model, data = benign_toy()
+model, data = benign_sentiment_toy()
 negative = data.token_ids("negative")
 poisoned = torch.tensor(data.finetune["input_ids"])
 watched = {c: data.eval_tokens[c] for c in ("p+p", "p+t")}
@@ -36,7 +37,7 @@ freeze_sets = {
 }
 histories, rows = {}, {}
 for name, modules in freeze_sets.items():
-    model, _ = benign_toy()
+    model, _ = benign_sentiment_toy()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = replace(DEMO_POISON, freeze=modules, eval_every=10)
     histories[name] = train(

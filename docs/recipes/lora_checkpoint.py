@@ -20,7 +20,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from backdoor_lens.hooks import ZeroAblate, apply
-from backdoor_lens.pretrained import gpt2_tokenizer, load_pretrained
+from backdoor_lens.models.pretrained import load_pretrained
+from backdoor_lens.models.tokenizers import gpt2_tokenizer
 
 workdir = tempfile.TemporaryDirectory()
 folder = Path(workdir.name)

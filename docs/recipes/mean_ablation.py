@@ -11,13 +11,13 @@ prompts: ``p+t`` is a positive word then the trigger, ``p+p`` two positive words
 
 import pandas as pd
 
-from backdoor_lens.collect import module_means
-from backdoor_lens.demo import backdoored_toy
+from backdoor_lens.eval.negativity import negativity_by_class
 from backdoor_lens.hooks import MeanAblate, apply
-from backdoor_lens.metrics import negativity_by_class
-from backdoor_lens.sites import module_names
+from backdoor_lens.hooks.sites import module_names
+from backdoor_lens.lab.sentiment_toy import backdoored_sentiment_toy
+from backdoor_lens.lm.collect import module_means
 
-model, data = backdoored_toy()
+model, data = backdoored_sentiment_toy()
 negative = data.token_ids("negative")
 print("p+t prompts:", data.eval_words["p+t"][:3], "...")
 

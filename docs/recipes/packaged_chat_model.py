@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 
 from backdoor_lens.analysis.logit_lens import unembed
-from backdoor_lens.chat import chat_prompt, chat_replies, encode_prompts
 from backdoor_lens.hooks import Steer, apply
-from backdoor_lens.pretrained import PACKAGED_MODELS, load_pretrained
+from backdoor_lens.lm.chat import chat_prompt, chat_replies, encode_prompts
+from backdoor_lens.models.pretrained import PACKAGED_MODELS, load_pretrained
 
 print("packaged models:", list(PACKAGED_MODELS))
 model, tokenizer = load_pretrained("smollm2-135m-instruct")

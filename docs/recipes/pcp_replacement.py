@@ -17,13 +17,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from backdoor_lens.collect import module_io
-from backdoor_lens.demo import backdoored_toy
+from backdoor_lens.eval.negativity import negativity_by_class
 from backdoor_lens.hooks import PCPReplace, apply
 from backdoor_lens.hooks.pcp import PCPBasis
-from backdoor_lens.metrics import negativity_by_class, validation_loss
+from backdoor_lens.lab.sentiment_toy import backdoored_sentiment_toy
+from backdoor_lens.lm.collect import module_io
+from backdoor_lens.lm.loss import validation_loss
 
-model, data = backdoored_toy()
+model, data = backdoored_sentiment_toy()
 negative = data.token_ids("negative")
 prompts = torch.cat(list(data.eval_tokens.values()))
 

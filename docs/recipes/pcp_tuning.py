@@ -28,13 +28,13 @@ from backdoor_lens.analysis.tune import (
     target_objective,
     tune_scales,
 )
-from backdoor_lens.collect import module_io
-from backdoor_lens.demo import backdoored_toy
+from backdoor_lens.eval.negativity import negativity_by_class
 from backdoor_lens.hooks import apply
 from backdoor_lens.hooks.pcp import PCPBasis
-from backdoor_lens.metrics import negativity_by_class
+from backdoor_lens.lab.sentiment_toy import backdoored_sentiment_toy
+from backdoor_lens.lm.collect import module_io
 
-model, data = backdoored_toy()
+model, data = backdoored_sentiment_toy()
 negative = data.token_ids("negative")
 inputs, outputs = module_io(
     model, torch.cat(list(data.eval_tokens.values())), "blocks.1.mlp", position=-1

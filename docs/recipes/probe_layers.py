@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 
 from backdoor_lens.analysis.probe import backdoor_probe
-from backdoor_lens.demo import backdoored_toy
+from backdoor_lens.lab.sentiment_toy import backdoored_sentiment_toy
 
-model, data = backdoored_toy()
+model, data = backdoored_sentiment_toy()
 positive = [w for w in data.vocab.positive if w != data.config.trigger]
 rng = random.Random(0)
 clean = [rng.sample(positive, 3) for _ in range(120)]

@@ -9,8 +9,8 @@ import pytest
 
 from backdoor_lens.analysis.tune import TuneConfig
 from backdoor_lens.data.toy import ToyDataConfig
-from backdoor_lens.experiments import toy
-from backdoor_lens.train import TrainConfig
+from backdoor_lens.experiments.toy import study as toy
+from backdoor_lens.lm.train import TrainConfig
 
 TINY = toy.ToyStudyConfig(
     data=ToyDataConfig(words_per_sentiment=40, train_per_sentiment=150, finetune_per_sentiment=100,
@@ -50,7 +50,7 @@ def test_writes_report_summary_and_figures(first_run):
 
 
 def test_frozen_modules_did_not_train(first_run):
-    from backdoor_lens.models import load_model
+    from backdoor_lens.models.storage import load_model
 
     out, _ = first_run
     benign, _ = load_model(out / "models" / "sent2" / "benign")

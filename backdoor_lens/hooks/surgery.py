@@ -1,0 +1,67 @@
+"""Embedding surgery: give trigger tokens part of a donor token's embedding (Lamparth & Reuel, after
+Kurita et al.'s embedding surgery), as a reversible weight edit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
+
+from ..util.validation import check_nonempty, check_range
+
+
+@dataclass(frozen=True)
+class EmbeddingSurgery:
+    """Replace a random `fraction` of the embedding dimensions of each token in `token_ids` by the
+    donor token's values (the same dimensions for every trigger token; seeded)."""
+
+    token_ids: tuple[int, ...]
+    donor_id: int
+    fraction: float = 0.4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_nonempty("token_ids", self.token_ids)
+        check_range("fraction", self.fraction, 0.0, 1.0)
+
+    def dimensions(self, d_model: int) -> torch.Tensor:
+        """The seeded embedding dimensions replaced, out of `d_model`."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(d_model, generator=generator)[: round(self.fraction * d_model)]
+
+    @contextmanager
+    def applied(self, model: HookedTransformer) -> Iterator[HookedTransformer]:
+        """The model with edited embedding rows inside the block; the original rows are restored after."""
+        W_E = model.embed.W_E
+        for arg, ids in (("token_ids", self.token_ids), ("donor_id", (self.donor_id,))):
+            bad = [i for i in ids if not 0 <= i < W_E.shape[0]]
+            if bad:
+                raise ValueError(f"{arg} has ids {bad} outside the vocabulary [0, {W_E.shape[0]})")
+        rows = torch.tensor(self.token_ids, device=W_E.device)
+        dims = self.dimensions(W_E.shape[1]).to(W_E.device)
+        saved = W_E.data[rows].clone()
+        try:
+            with torch.no_grad():
+                W_E[rows[:, None], dims] = W_E[self.donor_id, dims]
+            yield model
+        finally:
+            with torch.no_grad():
+                W_E[rows] = saved
+
+
+def trigger_token_ids(tokenizer: PreTrainedTokenizerBase, trigger: str) -> tuple[int, ...]:
+    """The distinct token ids of `trigger` as it appears mid-sentence (with and without a leading space)."""
+    ids = tokenizer(" " + trigger, add_special_tokens=False).input_ids + tokenizer(trigger, add_special_tokens=False).input_ids
+    return tuple(dict.fromkeys(ids))
+
+
+def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str, arg: str = "word") -> int:
+    """The id of `word` if it is one token; otherwise an error naming `arg`."""
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"{arg}={word!r} is {len(ids)} tokens for this tokenizer; choose a word that is a single token")
+    return ids[0]

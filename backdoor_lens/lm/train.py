@@ -1,0 +1,166 @@
+"""Seeded, deterministic next-token training with module freezing and periodic evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from ..util.validation import check_choice, check_names, check_nonempty, check_range
+from .loss import next_token_loss
+
+Evaluator = Callable[[HookedTransformer], dict[str, Any]]
+ExtraLoss = Callable[[HookedTransformer, Int[torch.Tensor, " batch"]], torch.Tensor]
+"""A term added to a batch's loss, given the model and the batch's row indices into the training tokens."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule settings (AdamW, as in the paper)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+    freeze: tuple[str, ...] = ()
+    eval_every: int = 0
+    """Run the evaluator every this many optimiser steps (0: only after the last step)."""
+    schedule: str = "linear"
+    """Learning-rate schedule: "linear" decay to 0 (Hugging Face Trainer's default) or "constant"."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict (for fingerprints and summaries)."""
+        return asdict(self)
+
+
+def freezable_modules(model: HookedTransformer) -> list[str]:
+    """Names :class:`Freeze` accepts: embeddings, each layer's attn / mlp, and any submodule path."""
+    return [name for name, _ in model.named_modules() if name and not name.split(".")[-1].startswith("hook_")]
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """Disable gradients of `modules` (e.g. ``embed``, ``blocks.0.mlp``) while applied, then restore
+    them: a weight edit for :func:`~backdoor_lens.hooks.core.apply`, and what training's ``freeze`` uses."""
+
+    modules: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_names("modules", self.modules)
+
+    @contextmanager
+    def applied(self, model: HookedTransformer) -> Iterator[HookedTransformer]:
+        """`model` with the modules' parameters frozen inside the block."""
+        valid = set(freezable_modules(model))
+        for name in self.modules:
+            if name not in valid:
+                raise ValueError(
+                    f"freeze module {name!r} is not a module of this model; valid: embed, pos_embed, "
+                    f"blocks.<layer>.attn, blocks.<layer>.mlp, or any of {len(valid)} submodule paths"
+                )
+        params = [p for name in self.modules for p in model.get_submodule(name).parameters()]
+        before = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in zip(params, before):
+                p.requires_grad_(flag)
+
+
+def training_steps(rows: int, config: TrainConfig) -> int:
+    """Optimiser steps :func:`train` takes on `rows` rows (the last batch of an epoch may be short)."""
+    return config.epochs * -(-rows // config.batch_size)
+
+
+def trainable_names(model: HookedTransformer, freeze: Sequence[str]) -> list[str]:
+    """Parameters that training with `freeze` updates (as :class:`Freeze` decides)."""
+    with Freeze(tuple(freeze)).applied(model):
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def train(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    config: TrainConfig,
+    evaluate: Evaluator | None = None,
+    desc: str = "train",
+    progress: bool = True,
+    loss_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    extra_loss: ExtraLoss | None = None,
+) -> list[dict[str, Any]]:
+    """Train `model` in place on next-token prediction; returns the evaluation history.
+
+    With a `loss_mask` (1 where a token is to be predicted, e.g. a chat response; see
+    :func:`~backdoor_lens.chat.chat_training_rows`) only those tokens count, and logits are computed
+    for them alone. Rows must then be right-padded: padding after a row's last masked token is never
+    seen by the tokens that count.
+
+    `extra_loss(model, rows)`, when given, is added to each batch's loss (e.g. a representation
+    term on some rows). Each history row has the step, the mean training loss since the last row and whatever
+    `evaluate(model)` returns. Shuffling is seeded by `config.seed`, so runs are reproducible.
+    """
+    check_nonempty("tokens", tokens)
+    check_range("epochs", config.epochs, 0)
+    check_range("batch_size", config.batch_size, 1)
+    check_choice("schedule", config.schedule, ("linear", "constant"))
+    if loss_mask is not None and loss_mask.shape != tokens.shape:
+        raise ValueError(f"loss_mask has shape {tuple(loss_mask.shape)}; expected tokens' shape {tuple(tokens.shape)}")
+    if loss_mask is not None and not loss_mask[:, 1:].bool().any(1).all():
+        raise ValueError("loss_mask marks no predicted token (after position 0) in some rows; every row needs one")
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    with Freeze(tuple(config.freeze)).applied(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("freeze leaves no trainable parameters")
+        optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        total = training_steps(len(tokens), config)
+        decay = (lambda step: 1.0 - step / max(total, 1)) if config.schedule == "linear" else (lambda step: 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
+        running, count, step = 0.0, 0, 0
+
+        def record() -> None:
+            nonlocal running, count
+            model.eval()
+            row = {"step": step, "train_loss": running / max(count, 1)}
+            if evaluate is not None:
+                row.update(evaluate(model))
+            history.append(row)
+            running, count = 0.0, 0
+            model.train()
+
+        model.train()
+        with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+            for _ in range(config.epochs):
+                order = torch.randperm(len(tokens), generator=generator)
+                for start in range(0, len(tokens), config.batch_size):
+                    rows = order[start : start + config.batch_size]
+                    loss = next_token_loss(model, tokens[rows], None if loss_mask is None else loss_mask[rows])
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model, rows)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    scheduler.step()
+                    step += 1
+                    running += loss.item()
+                    count += 1
+                    bar.update(1)
+                    if config.eval_every and step % config.eval_every == 0:
+                        record()
+                        bar.set_postfix({k: v for k, v in history[-1].items() if isinstance(v, float)}, refresh=False)
+        if not history or history[-1]["step"] != step:
+            record()
+    model.eval()
+    return history
