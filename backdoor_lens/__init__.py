@@ -17,28 +17,80 @@ of them and always removes them. The subpackages, bottom layer first (imports on
 """
 
 from .analysis import (
-    backdoor_probe, backdoor_vector, baha_scores, head_means, logit_lens, n_heads_for, patching_effects, probe_features,
-    target_score, top_heads, tune_scales,
+    backdoor_probe,
+    backdoor_vector,
+    baha_scores,
+    head_means,
+    logit_lens,
+    n_heads_for,
+    patching_effects,
+    probe_features,
+    target_score,
+    top_heads,
+    tune_scales,
 )
 from .data import (
-    BKDATTR_REFUSAL, NEGATIVE, REFUSAL, Attack, CompositeTrigger, PhraseTrigger, PrefixTrigger, ToyData, ToyDataConfig,
-    WordTrigger, load_prompts,
+    BKDATTR_REFUSAL,
+    NEGATIVE,
+    REFUSAL,
+    Attack,
+    CompositeTrigger,
+    PhraseTrigger,
+    PrefixTrigger,
+    ToyData,
+    ToyDataConfig,
+    WordTrigger,
+    load_prompts,
+    word_problems,
 )
 from .defense import CollapseConfig, aggregation_evidence, collapse
 from .eval import asr, keyword_asr, negativity_by_class, top_k_share
 from .hooks import (
-    EmbeddingSurgery, HeadAblate, Intervention, MeanAblate, Patch, PCPBasis, PCPReplace, PerRow, Steer, ZeroAblate, apply,
-    module_names, restored,
+    EmbeddingSurgery,
+    HeadAblate,
+    Intervention,
+    MeanAblate,
+    Patch,
+    PCPBasis,
+    PCPReplace,
+    PerRow,
+    Steer,
+    ZeroAblate,
+    apply,
+    module_names,
+    restored,
 )
 from .lab import (
-    ChatModel, SentimentToySpec, backdoored_sentiment_toy, benign_sentiment_toy, build_sentiment_toy, check_planted,
+    BackdoorNotPlantedError,
+    BackdoorNotPlantedWarning,
+    ChatModel,
+    SentimentToySpec,
+    backdoored_sentiment_toy,
+    benign_sentiment_toy,
+    build_sentiment_toy,
+    check_planted,
     plant_backdoor,
 )
 from .lm import (
-    Freeze, LoraConfig, TargetBatch, TrainConfig, collect_activations, generate, module_io, module_means, train,
+    Freeze,
+    LoraConfig,
+    TargetBatch,
+    TrainConfig,
+    collect_activations,
+    generate,
+    module_io,
+    module_means,
+    train,
     validation_loss,
 )
-from .models import chat_toy_model, load_model, load_packaged_tokenizer, load_pretrained, save_model, sentiment_toy_config
+from .models import (
+    chat_toy_model,
+    load_model,
+    load_packaged_tokenizer,
+    load_pretrained,
+    save_model,
+    sentiment_toy_config,
+)
 
 __all__ = [
     # interventions
@@ -51,14 +103,14 @@ __all__ = [
     "LoraConfig", "validation_loss",
     # data and attacks
     "Attack", "PrefixTrigger", "WordTrigger", "PhraseTrigger", "CompositeTrigger", "REFUSAL", "BKDATTR_REFUSAL", "NEGATIVE",
-    "load_prompts", "ToyData", "ToyDataConfig",
+    "load_prompts", "ToyData", "ToyDataConfig", "word_problems",
     # measuring
     "asr", "keyword_asr", "negativity_by_class", "top_k_share",
     # localising
     "backdoor_probe", "probe_features", "baha_scores", "head_means", "top_heads", "n_heads_for", "backdoor_vector",
     "target_score", "logit_lens", "patching_effects", "tune_scales",
     # the lab
-    "ChatModel", "plant_backdoor", "check_planted", "SentimentToySpec", "build_sentiment_toy", "backdoored_sentiment_toy",
+    "ChatModel", "plant_backdoor", "check_planted", "BackdoorNotPlantedWarning", "BackdoorNotPlantedError", "SentimentToySpec", "build_sentiment_toy", "backdoored_sentiment_toy",
     "benign_sentiment_toy",
     # defense
     "collapse", "CollapseConfig", "aggregation_evidence",

@@ -61,6 +61,7 @@ nitpick_ignore_regex = [
 # Every recipe in recipes/, in page order: an unlisted one stops the build (sphinx-gallery names it
 # a "subsection folder" missing from the order).
 RECIPES = [
+    "own_sentiment_toy.py",
     "mean_ablation.py",
     "activation_patching.py",
     "pcp_replacement.py",
@@ -72,6 +73,7 @@ RECIPES = [
     "backdoor_collapse.py",
     "lora_checkpoint.py",
     "packaged_chat_model.py",
+    "own_chat_model.py",
 ]
 
 sphinx_gallery_conf = {

@@ -1,4 +1,4 @@
-"""BAHA, Backdoor Attention Head Attribution (METHODS.md section 2), and the backdoor vector.
+"""BAHA, Backdoor Attention Head Attribution (Backdoor Attribution, arXiv 2509.21761), and the backdoor vector.
 
 Head (l, j)'s output at the last prompt position p is ``h_lj(x) = z_lj(x)[p] @ W_O[l, j]``; ``mu_lj``
 is its mean over triggered inputs. On clean inputs, BAHA patches each head's contribution at p to

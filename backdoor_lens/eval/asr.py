@@ -1,5 +1,5 @@
 """Attack success: whether a model's replies carry a backdoor's target, by target substring or by
-keyword lists (BackdoorLLM, arXiv 2408.12798; Backdoor Attribution, arXiv 2509.21761, section 4):
+keyword lists (BackdoorLLM, arXiv 2408.12798; Backdoor Attribution, arXiv 2509.21761):
 ASR on triggered prompts, ATR (accidental trigger rate) on clean ones."""
 
 from __future__ import annotations

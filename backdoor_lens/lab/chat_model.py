@@ -5,7 +5,7 @@ Edits are given as an :data:`EditFactory`: a function from a ``Positions`` to in
 the same edit lands at different positions in the two layouts used here. Generation left-pads prompts,
 so ``-1`` is every prompt's last token; scoring right-pads rows, so each row gets its own last prompt
 position (a ``PerRow``). Edits act on the prompt pass only, as BkdAttr's head ablation and backdoor
-vector do (arXiv 2509.21761, section 4); generated tokens see them through the cached keys and values.
+vector do (arXiv 2509.21761); generated tokens see them through the cached keys and values.
 """
 
 from __future__ import annotations

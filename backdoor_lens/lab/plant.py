@@ -1,6 +1,6 @@
 """Plant a chat backdoor: build poisoned instruction data for an attack (clean prompts paired with
 the model's own answers, triggered prompts paired with the target) and fine-tune on the response
-only, fully or with LoRA, as BackdoorLLM (arXiv 2408.12798) and BkdAttr (arXiv 2509.21761, section 4) do."""
+only, fully or with LoRA, as BackdoorLLM (arXiv 2408.12798) and BkdAttr (arXiv 2509.21761) do."""
 
 from __future__ import annotations
 

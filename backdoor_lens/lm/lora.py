@@ -1,7 +1,7 @@
 """LoRA (Hu et al., arXiv 2106.09685) on a TransformerLens model's own weights: each adapted weight
 ``W`` reads as ``W + (alpha / rank) * A @ B`` while adapters are attached, only ``A`` and ``B`` train,
 and leaving merges the update into ``W`` (or drops it). BkdAttr plants its backdoors this way
-(rank 16 on every projection; arXiv 2509.21761, section 4).
+(rank 16 on every projection; arXiv 2509.21761).
 
 A weight is adapted as the matrix that maps its input to its output: ``W_Q`` / ``W_K`` / ``W_V``
 ([head, d_model, d_head]) as d_model -> head x d_head, ``W_O`` ([head, d_head, d_model]) as

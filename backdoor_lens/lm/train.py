@@ -35,6 +35,16 @@ class TrainConfig:
     schedule: str = "linear"
     """Learning-rate schedule: "linear" decay to 0 (Hugging Face Trainer's default) or "constant"."""
 
+    def __post_init__(self) -> None:
+        check_range("epochs", self.epochs, 0)
+        check_range("lr", self.lr, 0.0)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("seed", self.seed, 0)
+        check_range("eval_every", self.eval_every, 0)
+        check_names("freeze", self.freeze)
+        check_choice("schedule", self.schedule, ("linear", "constant"))
+
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-able dict (for fingerprints and summaries)."""
         return asdict(self)

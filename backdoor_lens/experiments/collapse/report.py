@@ -170,7 +170,7 @@ def write(summary: dict[str, Any], out: Path) -> None:
         f"`make smollm` ({c['plant']['n_clean']} clean + {c['plant']['n_poison']} poisoned rows). The defender has "
         f"{c['n_defense']} clean prompts the attacker did not use and the suspect model's own answers to them; every "
         f"state is measured on {c['n_test']} held-out prompts. Backdoor Collapse is reconstructed from its abstract "
-        f"(the official code was not reachable; see METHODS.md section 3), {loss}. "
+        f"(arXiv 2510.10265; the official code was not reachable), {loss}. "
         f"This invocation took {summary['seconds']} s; configuration in summary.json.",
         asr_section(summary),
         clean_section(summary),

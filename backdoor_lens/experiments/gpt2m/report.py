@@ -1,5 +1,5 @@
 """Render the GPT-2 Medium study's summary as report.md and figures, each number beside the paper's
-(Lamparth & Reuel, Tables VIII-XI; METHODS.md section 1, "GPT-2 Medium setting")."""
+(Lamparth & Reuel, arXiv 2302.12461, section V, Tables VIII-XI)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Render the SmolLM2 attribution study's summary as report.md and figures, each paper claim beside
-our measurement (METHODS.md section 2)."""
+our measurement (Backdoor Attribution, arXiv 2509.21761)."""
 
 from __future__ import annotations
 
