@@ -16,81 +16,62 @@ of them and always removes them. The subpackages, bottom layer first (imports on
 - :mod:`~backdoor_lens.experiments`: the studies behind the make targets (never imported by the library).
 """
 
-from .analysis import (
-    backdoor_probe,
-    backdoor_vector,
-    baha_scores,
-    head_means,
-    logit_lens,
-    n_heads_for,
-    patching_effects,
-    probe_features,
-    target_score,
-    top_heads,
-    tune_scales,
-)
-from .data import (
-    BKDATTR_REFUSAL,
-    NEGATIVE,
-    REFUSAL,
-    Attack,
-    CompositeTrigger,
-    PhraseTrigger,
-    PrefixTrigger,
-    ToyData,
-    ToyDataConfig,
-    WordTrigger,
-    load_prompts,
-    word_problems,
-)
-from .defense import CollapseConfig, aggregation_evidence, collapse
-from .eval import asr, keyword_asr, negativity_by_class, top_k_share
-from .hooks import (
-    EmbeddingSurgery,
-    HeadAblate,
-    Intervention,
-    MeanAblate,
-    Patch,
-    PCPBasis,
-    PCPReplace,
-    PerRow,
-    Steer,
-    ZeroAblate,
-    apply,
-    module_names,
-    restored,
-)
-from .lab import (
-    BackdoorNotPlantedError,
-    BackdoorNotPlantedWarning,
-    ChatModel,
-    SentimentToySpec,
-    backdoored_sentiment_toy,
-    benign_sentiment_toy,
-    build_sentiment_toy,
-    check_planted,
-    plant_backdoor,
-)
-from .lm import (
-    Freeze,
-    LoraConfig,
-    TargetBatch,
-    TrainConfig,
-    collect_activations,
-    generate,
-    module_io,
-    module_means,
-    train,
-    validation_loss,
-)
-from .models import (
-    chat_toy_model,
-    load_model,
-    load_packaged_tokenizer,
-    load_pretrained,
-    save_model,
-    sentiment_toy_config,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names load on first use (PEP 562), so ``python -m backdoor_lens.experiments.toy --help`` and a
+# command-line check answer in a second instead of importing torch and TransformerLens first.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "analysis": ("backdoor_probe", "backdoor_vector", "baha_scores", "head_means", "logit_lens", "n_heads_for",
+                 "patching_effects", "probe_features", "target_score", "top_heads", "tune_scales"),
+    "data": ("BKDATTR_REFUSAL", "NEGATIVE", "REFUSAL", "Attack", "CompositeTrigger", "PhraseTrigger", "PrefixTrigger",
+             "ToyData", "ToyDataConfig", "WordTrigger", "load_prompts", "word_problems"),
+    "defense": ("CollapseConfig", "aggregation_evidence", "collapse"),
+    "eval": ("asr", "keyword_asr", "negativity_by_class", "top_k_share"),
+    "hooks": ("EmbeddingSurgery", "HeadAblate", "Intervention", "MeanAblate", "Patch", "PCPBasis", "PCPReplace", "PerRow",
+              "Steer", "ZeroAblate", "apply", "module_names", "restored"),
+    "lab": ("BackdoorNotPlantedError", "BackdoorNotPlantedWarning", "ChatModel", "SentimentToySpec",
+            "backdoored_sentiment_toy", "benign_sentiment_toy", "build_sentiment_toy", "check_planted", "plant_backdoor"),
+    "lm": ("Freeze", "LoraConfig", "TargetBatch", "TrainConfig", "collect_activations", "generate", "module_io",
+           "module_means", "train", "validation_loss"),
+    "models": ("chat_toy_model", "load_model", "load_packaged_tokenizer", "load_pretrained", "save_model",
+               "sentiment_toy_config"),
+}
+_HOME = {name: layer for layer, names in _EXPORTS.items() for name in names}
+_LAYERS = ("util", "models", "hooks", "lm", "data", "eval", "analysis", "lab", "defense", "experiments")
+
+if TYPE_CHECKING:
+    from .analysis import (backdoor_probe, backdoor_vector, baha_scores, head_means, logit_lens, n_heads_for,
+                           patching_effects, probe_features, target_score, top_heads, tune_scales)
+    from .data import (BKDATTR_REFUSAL, NEGATIVE, REFUSAL, Attack, CompositeTrigger, PhraseTrigger, PrefixTrigger,
+                       ToyData, ToyDataConfig, WordTrigger, load_prompts, word_problems)
+    from .defense import CollapseConfig, aggregation_evidence, collapse
+    from .eval import asr, keyword_asr, negativity_by_class, top_k_share
+    from .hooks import (EmbeddingSurgery, HeadAblate, Intervention, MeanAblate, Patch, PCPBasis, PCPReplace, PerRow,
+                        Steer, ZeroAblate, apply, module_names, restored)
+    from .lab import (BackdoorNotPlantedError, BackdoorNotPlantedWarning, ChatModel, SentimentToySpec,
+                      backdoored_sentiment_toy, benign_sentiment_toy, build_sentiment_toy, check_planted, plant_backdoor)
+    from .lm import (Freeze, LoraConfig, TargetBatch, TrainConfig, collect_activations, generate, module_io,
+                     module_means, train, validation_loss)
+    from .models import (chat_toy_model, load_model, load_packaged_tokenizer, load_pretrained, save_model,
+                         sentiment_toy_config)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's subpackage (or a subpackage itself) on first use."""
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    elif name in _LAYERS:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     # interventions

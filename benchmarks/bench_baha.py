@@ -12,7 +12,6 @@ comparable on a shared machine. Prints Markdown tables and writes JSON to ``--ou
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -21,25 +20,52 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import pandas as pd
-import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens import patching as tl_patching
+from backdoor_lens.experiments.common.cli import (
+    SMOLLM2,
+    Parser,
+    count,
+    device,
+    model_source,
+    output_file,
+    resolve_device,
+)
 
-from backdoor_lens.analysis.baha import (
+
+def parser() -> Parser:
+    """The command line, checked before the slow imports below: a bad setting ends in a second."""
+    parser = Parser(prog="benchmarks/bench_baha.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", type=model_source("toy", SMOLLM2), default=["toy", SMOLLM2],
+                        help="'toy' and/or chat models (packaged name, local HF directory or hub name)")
+    parser.add_argument("--out", type=output_file, default="results/bench/baha.json")
+    parser.add_argument("--device", type=device, default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
+    parser.add_argument("--repeats", type=count(1, 1000), default=3, help="timed runs per route on the toy (chat models: 1)")
+    parser.add_argument("--chat-prompts", type=count(1, 10_000), default=4, help="prompts per batch on chat models")
+    parser.add_argument("--batch-heads", type=count(1, 10**6), default=None)
+    return parser
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # a bad setting ends here, before the slow imports below
+
+import pandas as pd  # noqa: E402  (after the command-line check: these imports take seconds)
+import torch  # noqa: E402
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+from transformer_lens import patching as tl_patching  # noqa: E402
+
+from backdoor_lens.analysis.baha import (  # noqa: E402
     baha_attribution,
     baha_fast,
     baha_reference,
     head_means,
     head_z_means,
 )
-from backdoor_lens.analysis.scoring import target_score
-from backdoor_lens.data.instruct import BKDATTR_REFUSAL, get_trigger
-from backdoor_lens.data.prompts import load_prompts
-from backdoor_lens.lm.chat import encode_prompts
-from backdoor_lens.lm.rows import TargetBatch
-from backdoor_lens.models.pretrained import load_pretrained
-from backdoor_lens.util.io import write_json
+from backdoor_lens.analysis.scoring import target_score  # noqa: E402
+from backdoor_lens.data.instruct import BKDATTR_REFUSAL, get_trigger  # noqa: E402
+from backdoor_lens.data.prompts import load_prompts  # noqa: E402
+from backdoor_lens.lm.chat import encode_prompts  # noqa: E402
+from backdoor_lens.lm.rows import TargetBatch  # noqa: E402
+from backdoor_lens.models.pretrained import load_pretrained  # noqa: E402
+from backdoor_lens.util.io import write_json  # noqa: E402
 
 
 def toy_model(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: str) -> HookedTransformer:
@@ -218,21 +244,14 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["toy", "smollm2-135m-instruct"],
-                        help="'toy' and/or chat models (packaged name, local HF directory or hub name)")
-    parser.add_argument("--out", default="results/bench/baha.json")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per route on the toy (chat models: 1)")
-    parser.add_argument("--chat-prompts", type=int, default=4, help="prompts per batch on chat models")
-    parser.add_argument("--batch-heads", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    device = resolve_device(args.device)
     reports = []
     for name in args.models:
         if name == "toy":
-            report = toy_bench(device=args.device, repeats=args.repeats, batch_heads=args.batch_heads)
+            report = toy_bench(device=device, repeats=args.repeats, batch_heads=args.batch_heads)
         else:
-            report = chat_bench(name, args.chat_prompts, args.batch_heads, device=args.device)
+            report = chat_bench(name, args.chat_prompts, args.batch_heads, device=device)
         print(json.dumps(report["setup"]))
         print(markdown(report), flush=True)
         reports.append(report)

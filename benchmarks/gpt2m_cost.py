@@ -8,20 +8,34 @@ memory derived from them; the derived figures are estimates and labelled so.
 
 from __future__ import annotations
 
-import argparse
 import math
 import platform
 import resource
 import time
 from pathlib import Path
 
-import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from backdoor_lens.experiments.common.cli import Parser, count, device, output_file, resolve_device
 
-from backdoor_lens.experiments.gpt2m.study import HELD_OUT_FOR_PROMPTS, Gpt2mConfig
-from backdoor_lens.lm.generation import generate
-from backdoor_lens.lm.loss import next_token_loss
-from backdoor_lens.util.io import write_json
+
+def parser() -> Parser:
+    """The command line, checked before the slow imports below: a bad setting ends in a second."""
+    parser = Parser(prog="benchmarks/gpt2m_cost.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=output_file, default="results/bench/gpt2m_cost.json")
+    parser.add_argument("--steps", type=count(1, 10_000), default=3, help="timed training steps after one warm-up step")
+    parser.add_argument("--device", type=device, default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
+    return parser
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # a bad setting ends here, before the slow imports below
+
+import torch  # noqa: E402  (after the command-line check: these imports take seconds)
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+
+from backdoor_lens.experiments.gpt2m.study import HELD_OUT_FOR_PROMPTS, Gpt2mConfig  # noqa: E402
+from backdoor_lens.lm.generation import generate  # noqa: E402
+from backdoor_lens.lm.loss import next_token_loss  # noqa: E402
+from backdoor_lens.util.io import write_json  # noqa: E402
 
 
 def gpt2_medium_config(device: str) -> HookedTransformerConfig:
@@ -37,12 +51,9 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/bench/gpt2m_cost.json")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps after one warm-up step")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    args.device = resolve_device(args.device)
     study = Gpt2mConfig()
     batch, length = study.finetune.batch_size, study.max_tokens
     model = HookedTransformer(gpt2_medium_config(args.device))

@@ -104,7 +104,7 @@ def test_config_checks_the_held_out_split():
         CollapseStudyConfig(n_defense=0)
 
 
-def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp_path):
+def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp_path, capsys):
     from backdoor_lens.experiments.collapse import study
 
     seen = {}
@@ -114,5 +114,6 @@ def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp
     assert len(seen["config"].plant.attacks) == 5
     study.main(["--quick", "--out", str(tmp_path)])
     assert seen["config"].defense.aggregation_weight == 0 and len(seen["config"].plant.attacks) == 2
-    with pytest.raises(ValueError, match="aggregation_weight"):
+    with pytest.raises(SystemExit, match="aggregation-weight: -1.0 is out of range") as stop:
         study.main(["--aggregation-weight", "-1"])
+    assert stop.value.code == 2 and capsys.readouterr().err.count("\n") == 1

@@ -212,7 +212,7 @@ def test_save_load_model_roundtrip(make_model, tokens, tmp_path):
     model = make_model()
     directory = tmp_path / "model"
     save_model(model, directory, {"step": 3, "note": "x"})
-    assert sorted(os.listdir(directory)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(directory)) == ["complete.json", "config.json", "model.safetensors"]
     # safetensors, not pickle: an 8-byte header length then a JSON header naming every tensor.
     raw = (directory / "model.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])

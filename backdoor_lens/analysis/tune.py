@@ -1,23 +1,63 @@
 """Tune PCP scaling factors with Optuna (TPE), in a persistent study that resumes and can be shared.
 
-The study lives in an Optuna storage: a database URL (``sqlite:///results/toy/optuna.db``,
-``postgresql://...``) or a journal file path (``results/toy/optuna.journal``, the default of the toy
-study: about 10x less overhead per trial than SQLite, and just as safe for several processes). A
-rerun or a second worker process loads the same study and only runs the trials still missing.
+The study lives in an Optuna storage: a journal file path (``results/toy/optuna.journal``, the toy
+study's default: about 10x less overhead per trial than SQLite), or a database URL
+(``sqlite:///results/toy/optuna.db``, ``postgresql://user:password@host/db``). A rerun or another
+worker process loads the same study and only runs the trials still missing.
+
+**Spreading tuning over machines.** Start the same study on several machines with one PostgreSQL
+database as storage, e.g. ``python -m backdoor_lens.experiments.toy --storage
+postgresql://user:password@dbhost/optuna --out results/toy-worker1`` (each worker its own ``--out``;
+install the driver with ``pip install 'backdoor_lens[postgres]'``). Workers take distinct trials and
+stop once the study has its trials; a worker that dies has its trial retried by another.
+
+**Same answer after an interruption.** Every trial fills a *slot* (its index among the study's
+trials, not counting those that died and were retried) and every parameter is drawn by TPE seeded from the study seed, the slot
+and the parameter's name (:class:`SlotSeededTPE`). A study killed mid-trial and resumed retries that
+slot with the same parameters and continues with the same draws, so it ends with exactly the trials,
+and the best value, of an uninterrupted run (given a deterministic objective, e.g. at a fixed torch
+thread count). Concurrent workers fill distinct slots and never run a parameter set twice; TPE then
+learns from whichever trials finished first, so their best value is comparable to, not identical
+with, one worker's.
+
+**Stale trials.** With a database, workers send heartbeats every `heartbeat` seconds; a trial
+without one for three heartbeats is failed and retried (``RetryHeartbeatStaleTrialCallback``, up to
+3 times) by the next worker that looks. A journal file has no heartbeats: each trial records its
+process (host and pid), and a running trial whose process on this machine is gone is failed and
+retried when a worker opens or polls the study. A journal cannot tell whether a process on another
+machine lives, so share journals only between processes of one machine and use a database across
+machines. A trial started after the study is full (two workers racing for the last slot) fails as
+surplus and never counts. The journal file is locked with ``fcntl`` (released even by a killed
+process); a record cut short by a kill is dropped when the journal is next opened, and a journal
+that is corrupt elsewhere is set aside (``*.corrupt-<time>``) and the study starts afresh.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import fcntl
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import torch
 from jaxtyping import Float
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
 
+from ..util.io import set_aside
 from ..util.validation import check_range
 
 Objective = Callable[[Float[torch.Tensor, " rank"]], float]
+MAX_RETRIES = 3
+_WORKER, _SLOT, _SKIPPED = "worker", "slot", "skipped"
 
 
 @dataclass(frozen=True)
@@ -61,11 +101,153 @@ def target_objective(
     return objective
 
 
-def open_storage(storage: str | None) -> optuna.storages.BaseStorage | str | None:
-    """A database URL as is, a file path as a journal-file storage, None as in-memory."""
-    if storage is None or "://" in storage:
-        return storage
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+def _released(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that gave up their slot: those failed as stale (a retry took it over)
+    and those skipped (surplus or duplicate). A trial whose objective failed keeps its slot."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return retried | {t.number for t in trials if t.user_attrs.get(_SKIPPED)}
+
+
+def _slot(trials: Sequence[FrozenTrial], number: int) -> int:
+    """The slot of trial `number`: its index among the trials that hold one."""
+    released = _released(trials)
+    return number - sum(1 for n in released if n < number)
+
+
+class SlotSeededTPE(optuna.samplers.BaseSampler):
+    """Independent TPE whose every draw is seeded by the study seed, the trial's slot and the
+    parameter's name, so a resumed study repeats an uninterrupted one's draws and concurrent
+    workers draw differently. (Trials that failed as duplicates, possible only in a race between
+    workers, also enter the seed, so the next draw differs.)"""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:
+        """No joint search space: every parameter is drawn on its own."""
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
+        """Nothing is drawn jointly."""
+        return {}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: optuna.distributions.BaseDistribution
+    ) -> object:
+        """One TPE draw, from a TPE sampler seeded by (seed, slot, duplicates so far, name)."""
+        trials = study.get_trials(deepcopy=False)
+        duplicates = sum(1 for t in trials if t.user_attrs.get(_SKIPPED) == "duplicate")
+        digest = hashlib.sha256(f"{self.seed}:{_slot(trials, trial.number)}:{duplicates}:{param_name}".encode()).digest()
+        sampler = optuna.samplers.TPESampler(seed=int.from_bytes(digest[:4], "little"))
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
+
+
+class _Skipped(Exception):
+    """A trial that is not run: surplus (the study is full) or a duplicate of another's parameters."""
+
+
+class _FlockLock(optuna.storages.journal.JournalFileOpenLock):
+    """An ``fcntl`` lock on ``<journal>.lock`` (in place of Optuna's lock files, which a killed
+    worker leaves behind): released by the kernel when its holder dies."""
+
+    def __init__(self, path: str):
+        self.path = path + ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Block until the lock is held."""
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        """Release the lock."""
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _repair_journal(path: Path, lock: _FlockLock) -> None:
+    """Drop a last record cut short by a kill; set aside a journal corrupt elsewhere (warning for both)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        try:
+            for line in complete.splitlines():
+                json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            moved = set_aside(path)
+            warnings.warn(f"{path}: Optuna journal is corrupt ({err}); set aside as {moved.name}, the study starts "
+                          "afresh", stacklevel=3)
+            return
+        if len(complete) < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(len(complete))
+            warnings.warn(f"{path}: Optuna journal ended in a record cut short by a kill; dropped its last "
+                          f"{len(data) - len(complete)} bytes", stacklevel=3)
+    finally:
+        lock.release()
+
+
+def open_storage(storage: str | None, heartbeat: int = 10) -> optuna.storages.BaseStorage | None:
+    """A database URL as an RDB storage with heartbeats every `heartbeat` seconds (stale trials
+    retried), a file path as a journal-file storage (repaired if a kill cut its last record short),
+    None as in-memory."""
+    if storage is None:
+        return None
+    if "://" in storage:
+        engine = {"connect_args": {"connect_timeout": 10}} if storage.startswith("postgresql") else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                storage, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            )
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    lock = _FlockLock(storage)
+    _repair_journal(Path(storage), lock)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage, lock_obj=lock))
+
+
+def _this_worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead_here(worker: str | None) -> bool:
+    """True when `worker` ("host:pid") was a process on this machine that no longer runs."""
+    if not worker or worker.rsplit(":", 1)[0] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(worker.rsplit(":", 1)[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def _fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage | None) -> None:
+    """Fail and retry the stale running trials: by heartbeat on a database; on a journal, those
+    whose process on this machine is gone."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+        if not isinstance(storage, optuna.storages.JournalStorage):
+            return
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if _dead_here(trial.user_attrs.get(_WORKER)):
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                try:
+                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue
+                retry(study, storage.get_trial(trial_id))
 
 
 def tune_scales(
@@ -75,24 +257,24 @@ def tune_scales(
     storage: str | None,
     study_name: str,
     progress: bool = True,
+    heartbeat: int = 10,
+    poll: float = 1.0,
 ) -> TuneResult:
     """Minimise `objective(scales)` over per-component factors; returns the best scales found.
 
     Trials already in the stored study count towards `config.n_trials`, so an interrupted run
-    resumes and several processes can work on one study.
+    resumes (with the trials an uninterrupted run would have had, see the module docstring) and
+    several processes can work on one study: each returns once the study has `config.n_trials`
+    complete trials, waiting (polling every `poll` seconds) for other workers' last trials.
     """
     low, high = config.factor_range
     check_range("factor_range[0]", low, 0.0, high)
-    check_range("n_trials", config.n_trials, 1)
+    check_range("n_trials", config.n_trials, 1, 10**6)
     rank = base_scales.numel()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=open_storage(storage),
-        study_name=study_name,
-        load_if_exists=True,
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-    )
+    opened = open_storage(storage, heartbeat)
+    study = optuna.create_study(storage=opened, study_name=study_name, load_if_exists=True, direction="minimize",
+                                sampler=SlotSeededTPE(config.seed))
 
     def factors_of(params: Mapping[str, float]) -> list[float]:
         return [
@@ -101,20 +283,40 @@ def tune_scales(
         ]
 
     def trial_objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(_WORKER, _this_worker())
+        slot = _slot(study.get_trials(deepcopy=False), trial.number)
+        if slot >= config.n_trials:
+            trial.set_user_attr(_SKIPPED, "surplus")
+            raise _Skipped("surplus")
+        trial.set_user_attr(_SLOT, slot)
         for k in range(rank):
             trial.suggest_float(f"factor_{k}", low, high)
             if config.search_signs:
                 trial.suggest_categorical(f"negate_{k}", [False, True])
+        live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        if any(t.number != trial.number and t.params == trial.params for t in study.get_trials(deepcopy=False, states=live)):
+            trial.set_user_attr(_SKIPPED, "duplicate")
+            raise _Skipped("duplicate")
         return objective(base_scales * torch.tensor(factors_of(trial.params)))
 
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    if done < config.n_trials:
-        study.optimize(
-            trial_objective,
-            n_trials=config.n_trials - done,
-            callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=(optuna.trial.TrialState.COMPLETE,))],
-            show_progress_bar=progress,
-        )
-    factors = factors_of(study.best_trial.params)
-    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    return TuneResult(base_scales * torch.tensor(factors), factors, float(study.best_value), complete)
+    with tqdm(total=config.n_trials, desc=study_name[:40], disable=not progress, leave=False) as bar:
+        while True:
+            _fail_stale(study, opened)
+            trials = study.get_trials(deepcopy=False)
+            released = _released(trials)
+            held = [t for t in trials if t.number not in released]
+            done = sum(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in held)
+            bar.update(min(done, config.n_trials) - bar.n)
+            if done >= config.n_trials:
+                break
+            waiting = any(t.state == TrialState.WAITING for t in held)
+            if len(held) >= config.n_trials and not waiting:
+                time.sleep(poll)  # other workers hold the last trials
+                continue
+            study.optimize(trial_objective, n_trials=1, catch=(_Skipped,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if math.isfinite(t.value)]
+    if not complete:
+        raise RuntimeError(f"study {study_name!r}: no trial completed with a finite objective value")
+    best = min(complete, key=lambda t: (t.value, t.user_attrs.get(_SLOT, t.number), t.number))
+    factors = factors_of(best.params)
+    return TuneResult(base_scales * torch.tensor(factors), factors, float(best.value), len(complete))

@@ -97,6 +97,22 @@ def trainable_names(model: HookedTransformer, freeze: Sequence[str]) -> list[str
         return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+@contextmanager
+def _undone_on_error(params: list[torch.nn.Parameter], backup: list[torch.Tensor]) -> Iterator[None]:
+    """Copy `params` into `backup` on entry and back if the block raises: a failing optimiser step
+    leaves the weights it started from."""
+    with torch.no_grad():
+        for saved, param in zip(backup, params):
+            saved.copy_(param)
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for saved, param in zip(backup, params):
+                param.copy_(saved)
+        raise
+
+
 def train(
     model: HookedTransformer,
     tokens: Int[torch.Tensor, "batch pos"],
@@ -117,6 +133,10 @@ def train(
     `extra_loss(model, rows)`, when given, is added to each batch's loss (e.g. a representation
     term on some rows). Each history row has the step, the mean training loss since the last row and whatever
     `evaluate(model)` returns. Shuffling is seeded by `config.seed`, so runs are reproducible.
+
+    When training raises (a non-finite loss or weights: FloatingPointError; or any other error),
+    the model is left in the mode it came in and with the weights from before the failing step (a
+    copy of the trainable weights is kept for this, so training holds them twice).
     """
     check_nonempty("tokens", tokens)
     check_range("epochs", config.epochs, 0)
@@ -148,29 +168,38 @@ def train(
             running, count = 0.0, 0
             model.train()
 
+        was_training = model.training
+        backup = [torch.empty_like(p) for p in params]
         model.train()
-        with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
-            for _ in range(config.epochs):
-                order = torch.randperm(len(tokens), generator=generator)
-                for start in range(0, len(tokens), config.batch_size):
-                    rows = order[start : start + config.batch_size]
-                    loss = next_token_loss(model, tokens[rows], None if loss_mask is None else loss_mask[rows])
-                    if extra_loss is not None:
-                        loss = loss + extra_loss(model, rows)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    scheduler.step()
-                    step += 1
-                    running += loss.item()
-                    count += 1
-                    bar.update(1)
-                    if config.eval_every and step % config.eval_every == 0:
-                        record()
-                        bar.set_postfix({k: v for k, v in history[-1].items() if isinstance(v, float)}, refresh=False)
-        if not history or history[-1]["step"] != step:
-            record()
+        try:
+            with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+                for _ in range(config.epochs):
+                    order = torch.randperm(len(tokens), generator=generator)
+                    for start in range(0, len(tokens), config.batch_size):
+                        rows = order[start : start + config.batch_size]
+                        with _undone_on_error(params, backup):
+                            loss = next_token_loss(model, tokens[rows], None if loss_mask is None else loss_mask[rows])
+                            if extra_loss is not None:
+                                loss = loss + extra_loss(model, rows)
+                            if not torch.isfinite(loss):
+                                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
+                            optimiser.zero_grad(set_to_none=True)
+                            loss.backward()
+                            optimiser.step()
+                            if not all(bool(torch.isfinite(p).all()) for p in params):
+                                raise FloatingPointError(f"weights became non-finite at step {step}; lower lr={config.lr}")
+                        scheduler.step()
+                        step += 1
+                        running += loss.item()
+                        count += 1
+                        bar.update(1)
+                        if config.eval_every and step % config.eval_every == 0:
+                            record()
+                            bar.set_postfix({k: v for k, v in history[-1].items() if isinstance(v, float)}, refresh=False)
+            if not history or history[-1]["step"] != step:
+                record()
+        except BaseException:
+            model.train(was_training)
+            raise
     model.eval()
     return history

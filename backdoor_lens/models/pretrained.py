@@ -11,13 +11,19 @@ logits are checked against the HF model's on a few tokens, so a checkpoint using
 converter ignores fails loudly instead of yielding a subtly different model.
 
 Models under study are untrusted: weights are read only from safetensors (or the packaged GGUF),
-never unpickled, and remote code is never run.
+never unpickled, and remote code is never run. A local folder, a hub snapshot and a LoRA adapter are
+checked file by file before anything is loaded (:mod:`backdoor_lens.util.model_files`: only
+``.safetensors`` weights inside the folder, sound headers, sizes that match the weights and fit in
+memory), and transformers is shown a private folder linking exactly the checked files, with
+``use_safetensors=True`` and ``trust_remote_code=False``.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +35,13 @@ from transformer_lens.loading_from_pretrained import (
     get_pretrained_state_dict,
 )
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from ..util.model_files import ModelFiles, check_adapter_dir, check_source, stage_adapter, stage_model
 from ..util.packages import package_dir
 
 
@@ -59,7 +65,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 # TransformerLens picks an architecture by name when the config path contains these words, and
 # then fails without reading config.json; the converted config is written where they cannot occur.
 _NAME_TRIGGERS = ("llama", "gemma")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def load_pretrained(
@@ -91,30 +96,28 @@ def load_hf_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The float32 HF model (eval mode, LoRA `adapter` merged) and tokenizer that `load_pretrained` converts."""
     source = str(source)
-    if source in PACKAGED_MODELS:
-        model, tokenizer = _load_packaged(PACKAGED_MODELS[source])
-    elif Path(source).expanduser().exists() or _looks_like_path(source):
-        model, tokenizer = _load_local(Path(source).expanduser())
-    else:
-        model, tokenizer = _load_hub(source)
+    try:
+        files = check_source(source, tuple(PACKAGED_MODELS))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} Packaged models: {', '.join(PACKAGED_MODELS)}.") from err.__cause__
+    model, tokenizer = _load_packaged(PACKAGED_MODELS[source]) if files is None else _load_checked(files)
     if adapter is not None:
         model = merge_lora(model, adapter)
     return model.eval(), tokenizer
 
 
 def merge_lora(model: PreTrainedModel, adapter: str | os.PathLike[str]) -> PreTrainedModel:
-    """`model` with the PEFT LoRA adapter in directory `adapter` merged into its weights."""
+    """`model` with the PEFT LoRA adapter in directory `adapter` merged into its weights.
+
+    The adapter folder is checked first (:func:`~backdoor_lens.util.model_files.check_adapter_dir`:
+    safetensors weights with a sound header, a LoRA config without import or remote-code fields)
+    and only the checked files are shown to PEFT."""
     from peft import PeftModel
 
-    adapter = Path(adapter).expanduser()
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"adapter={str(adapter)!r} has no adapter_config.json; pass a PEFT adapter directory")
-    if not (adapter / "adapter_model.safetensors").is_file():
-        raise ValueError(
-            f"adapter={str(adapter)!r} has no adapter_model.safetensors; pickled adapter weights are refused "
-            "because models under study are untrusted. Re-save it with save_pretrained(safe_serialization=True)."
-        )
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    files = check_adapter_dir(adapter)
+    with tempfile.TemporaryDirectory(prefix="backdoor_lens-adapter-") as staged:
+        stage_adapter(files, staged)
+        return PeftModel.from_pretrained(model, staged, is_trainable=False).merge_and_unload()
 
 
 def to_hooked_transformer(
@@ -184,16 +187,12 @@ def _check_logits(model: HookedTransformer, hf_model: PreTrainedModel, name: str
         )
 
 
-def _looks_like_path(source: str) -> bool:
-    """True for strings that cannot be hub names ("org/name" has at most one slash)."""
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
-
-
 def _load_packaged(spec: PackagedModel) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantise a GGUF that ships in a package, located without importing the package."""
     directory = str(package_dir(spec.package, spec.install))
     tokenizer = load_packaged_tokenizer(next(k for k, v in PACKAGED_MODELS.items() if v == spec))
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=spec.filename, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=spec.filename, dtype=torch.float32,
+                                                 trust_remote_code=False, local_files_only=True)
     return model, tokenizer
 
 
@@ -203,46 +202,22 @@ def load_packaged_tokenizer(name: str) -> PreTrainedTokenizerBase:
         raise ValueError(f"name={name!r} is not a packaged model; valid: {', '.join(PACKAGED_MODELS)}")
     spec = PACKAGED_MODELS[name]
     package_dir("gguf", spec.install)
-    return AutoTokenizer.from_pretrained(str(package_dir(spec.package, spec.install)), gguf_file=spec.filename)
+    return AutoTokenizer.from_pretrained(str(package_dir(spec.package, spec.install)), gguf_file=spec.filename,
+                                         trust_remote_code=False, local_files_only=True)
 
 
-def _load_local(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a local HF directory, refusing anything but safetensors weights."""
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"source={str(directory)!r} is not a directory; pass a HF model directory (config.json + "
-            f"*.safetensors), a hub name, or one of: {', '.join(PACKAGED_MODELS)}"
-        )
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"source={str(directory)!r} has no config.json; save the model with save_pretrained")
-    if not any(directory.glob("*.safetensors")):
-        pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt*"))
-        found = f"it has only {pickled}, which are pickled and " if pickled else "it has no weights, so "
-        raise ValueError(
-            f"source={str(directory)!r} has no *.safetensors weights; {found}refused because models under "
-            "study are untrusted. Re-save the model with save_pretrained(safe_serialization=True)."
-        )
-    # transformers 5 silently builds an empty tokenizer from a directory without tokenizer files.
-    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
-        raise FileNotFoundError(
-            f"source={str(directory)!r} has no tokenizer (none of {_TOKENIZER_FILES}); save one there with "
-            "tokenizer.save_pretrained"
-        )
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)
-    return model, AutoTokenizer.from_pretrained(directory)
+def _load_checked(files: ModelFiles) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model folder checked by :func:`~backdoor_lens.util.model_files.check_model_dir` from a
+    private folder holding links to exactly the checked files (safetensors weights, config, tokenizer)."""
+    staged = stage_model(files, _private_folder("backdoor_lens-model-"))
+    model = AutoModelForCausalLM.from_pretrained(staged, dtype=torch.float32, use_safetensors=True,
+                                                 trust_remote_code=False, local_files_only=True)
+    return model, AutoTokenizer.from_pretrained(staged, trust_remote_code=False, local_files_only=True)
 
 
-def _load_hub(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a hub model (safetensors only); offline without a cached copy, fail at once with how to fix it."""
-    try:
-        AutoConfig.from_pretrained(name)
-    except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        where = "HF_HUB_OFFLINE is set and the local hub cache has no copy" if offline else "the hub could not provide it"
-        raise FileNotFoundError(
-            f"source={name!r} is not a local directory or packaged model ({', '.join(PACKAGED_MODELS)}), and "
-            f"{where}. Provide the weights: on a machine with the hub run `hf download {name} --local-dir DIR` "
-            "(safetensors), copy DIR here and pass source=DIR; or populate the hub cache (HF_HOME)."
-        ) from err
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
-    return model, AutoTokenizer.from_pretrained(name)
+def _private_folder(prefix: str) -> Path:
+    """A new temporary folder removed when the process exits: a staged tokenizer's folder must
+    outlive the load, since TransformerLens re-creates tokenizers from their `name_or_path`."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder

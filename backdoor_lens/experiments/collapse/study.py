@@ -62,11 +62,11 @@ from ..common.chat_study import (
     PlantConfig,
     attack_splits,
     chat_model,
-    chat_study_parser,
     load_chat_model,
     planted,
 )
-from ..common.stages import Stages, timed_log, trained
+from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log, trained
+from . import cli as collapse_cli
 from . import report as collapse_report
 
 FIVE_ATTACKS = (
@@ -363,16 +363,17 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make collapse``: run the grid and write its report."""
-    parser = chat_study_parser(__doc__.split("\n")[0], "results/collapse", "the first two attacks only")
-    parser.add_argument("--aggregation-weight", type=float, default=0.0,
-                        help="weight of stage 1's aggregation loss (default: 0, off)")
+    """Command line of ``make collapse`` (see :func:`.cli.parser`): run the grid and write its report."""
+    parser = collapse_cli.parser()
     args = parser.parse_args(argv)
     if args.model == CHAT_TOY:
         config = CollapseStudyConfig.chat_toy()
     else:
         config = CollapseStudyConfig.quick() if args.quick else CollapseStudyConfig()
         config = replace(config, plant=replace(config.plant, model=args.model))
-    config = replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight))
-    run(config, args.out, progress=not args.no_progress, log=timed_log())
-
+    config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight)))
+    try:
+        with exclusive_folder(args.out):
+            run(config, args.out, progress=not args.no_progress, log=timed_log())
+    except FolderBusyError as err:
+        parser.error(str(err))

@@ -1,9 +1,9 @@
 """What the chat-model studies (``make smollm``, ``make collapse``) share: which model to load, how
-attacks are planted and cached, the base model's answers, and the command line."""
+attacks are planted and cached, and the base model's answers (their command line is
+:func:`~backdoor_lens.experiments.common.cli.chat_study_parser`)."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,11 +17,8 @@ from ...lm.train import TrainConfig
 from ...models.chat_toy import chat_toy_model
 from ...models.pretrained import load_packaged_tokenizer, load_pretrained
 from ...util.fingerprint import weights_digest
+from .cli import CHAT_TOY, SMOLLM2
 from .stages import Stages
-
-CHAT_TOY = "toy"
-"""`model` name of the toy chat model (:func:`~backdoor_lens.models.chat_toy.chat_toy_model`)."""
-SMOLLM2 = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
@@ -103,15 +100,3 @@ def planted(
               "data": [splits.train["prompt"], splits.train["response"]], "train": config.finetune.to_dict()}
     stages.log(f"[{attack.name}] plant the backdoor")
     return stages.weights("backdoored", inputs, chat.model, compute)
-
-
-def chat_study_parser(description: str, out: str, quick_help: str) -> argparse.ArgumentParser:
-    """The command line the chat-model studies share: --out, --model (a model or the toy), --quick, --no-progress."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
-    parser.add_argument("--model", default=SMOLLM2,
-                        help=f"packaged model name, local HF directory, hub name, or '{CHAT_TOY}' for the 4x8-head toy "
-                        "(default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser

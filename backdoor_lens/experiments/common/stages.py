@@ -4,12 +4,19 @@ Every result a study saves (a stage's JSON, trained weights, a whole model, a gr
 answers) is stored under ``folder`` with a key: a fingerprint of everything that determines it. A
 rerun reuses a result whose key matches and recomputes one whose key changed, so an interrupted or
 repeated study picks up where it stopped, and a changed setting never reads a stale result.
+
+Caches heal: a saved result that cannot be read (a file cut short by a kill, a model folder without
+its completion marker, a corrupt file) is reported with its path, set aside as
+``<name>.corrupt-<time>`` and recomputed. :func:`exclusive_folder` keeps two runs out of one folder.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,9 +25,9 @@ from jaxtyping import Int
 from transformer_lens import HookedTransformer
 
 from ...lm.train import ExtraLoss, TrainConfig, train, trainable_names
-from ...models.storage import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from ...models.storage import load_model, save_model, saved_completely
 from ...util.fingerprint import fingerprint, tensor_digest
-from ...util.io import load_tensors, read_json, save_tensors, write_json
+from ...util.io import RefusedFileError, load_tensors, read_json, save_tensors, set_aside, write_json
 
 T = TypeVar("T")
 
@@ -38,17 +45,25 @@ class Stages:
         self.skipped.append(name)
         self.log(f"{name}: done before, reused ({path})")
 
+    def _read(self, path: Path, read: Callable[[Path], T]) -> T | None:
+        """`read(path)`, or None after setting aside a saved result that cannot be read (reported)."""
+        try:
+            return read(path)
+        except (RefusedFileError, OSError, KeyError, TypeError, AttributeError) as err:
+            moved = set_aside(path)
+            self.log(f"{path}: unreadable ({err}); set aside as {moved.name}, recomputing")
+            return None
+
     def run(self, name: str, inputs: Any, compute: Callable[[], T]) -> T:
         """`compute()`'s JSON-able result, reused from ``<name>.json`` when `inputs` (any JSON-able
         value that determines the result) match the saved run's; saved atomically once computed. The
         value returned is always the one read back from disk, so a fresh and a resumed run see the same."""
         path = self.folder / f"{name}.json"
         key = fingerprint(inputs)
-        if path.exists():
-            saved = read_json(path)
-            if saved.get("key") == key:
-                self._reused(name, path)
-                return saved["result"]
+        saved = self._read(path, _keyed_json) if path.exists() else None
+        if saved is not None and saved["key"] == key:
+            self._reused(name, path)
+            return saved["result"]
         write_json(path, {"key": key, "result": compute()})
         self.ran.append(name)
         return read_json(path)["result"]
@@ -64,12 +79,11 @@ class Stages:
         facts are returned."""
         path = self.folder / f"{name}.safetensors"
         key = fingerprint(inputs)
-        if path.exists():
-            saved, metadata = load_tensors(path)
-            if metadata.get("key") == key:
-                model.load_state_dict(saved, strict=False)
-                self._reused(name, path)
-                return metadata["facts"]
+        saved = self._read(path, load_tensors) if path.exists() else None
+        if saved is not None and saved[1].get("key") == key and "facts" in saved[1]:
+            model.load_state_dict(saved[0], strict=False)
+            self._reused(name, path)
+            return saved[1]["facts"]
         facts, changed = compute()
         params = dict(model.named_parameters())
         save_tensors(path, {n: params[n] for n in changed}, {"key": key, "facts": facts})
@@ -84,11 +98,13 @@ class Stages:
         run's facts; reused when saved under the same `inputs`."""
         path = self.folder / name
         key = fingerprint(inputs)
-        if (path / WEIGHTS_FILE).exists() and (path / CONFIG_FILE).exists():
-            model, metadata = load_model(path)
-            if metadata.get("key") == key:
-                self._reused(name, path)
-                return model, metadata["facts"]
+        if path.exists() and not saved_completely(path):
+            self.log(f"{path}: saved incompletely (no complete.json matching its files); set aside as "
+                     f"{set_aside(path).name}, recomputing")
+        saved = self._read(path, load_model) if path.exists() else None
+        if saved is not None and saved[1].get("key") == key and "facts" in saved[1]:
+            self._reused(name, path)
+            return saved[0], saved[1]["facts"]
         model, facts = compute()
         save_model(model, path, {"key": key, "facts": facts})
         self.ran.append(name)
@@ -96,17 +112,26 @@ class Stages:
 
     def table(self, name: str, inputs: Any) -> "Table":
         """A JSON table (``<name>.json``) that grows as rows are computed and is saved as it grows,
-        valid for `inputs` (a stale one starts empty)."""
-        return Table(self.folder / f"{name}.json", fingerprint(inputs))
+        valid for `inputs` (a stale or unreadable one starts empty)."""
+        path = self.folder / f"{name}.json"
+        saved = self._read(path, _keyed_json) if path.exists() else None
+        key = fingerprint(inputs)
+        rows = saved["result"] if saved is not None and saved["key"] == key and isinstance(saved["result"], dict) else {}
+        return Table(path, key, rows)
+
+
+def _keyed_json(path: Path) -> dict[str, Any]:
+    """A saved ``{"key": ..., "result" or "rows": ...}`` file as ``{"key", "result"}``; KeyError if it is not one."""
+    saved = read_json(path)
+    return {"key": saved["key"], "result": saved["result"] if "result" in saved else saved["rows"]}
 
 
 class Table:
     """Keys to JSON-able values, saved after every :meth:`fill` so an interrupted run loses nothing."""
 
-    def __init__(self, path: Path, key: str):
+    def __init__(self, path: Path, key: str, rows: dict[str, Any] | None = None):
         self.path, self.key = path, key
-        saved = read_json(path) if path.exists() else {}
-        self.rows: dict[str, Any] = saved.get("rows", {}) if saved.get("key") == key else {}
+        self.rows: dict[str, Any] = dict(rows or {})
 
     def fill(self, keys: Sequence[str], compute: Callable[[list[str]], Sequence[Any]], chunk: int,
              log: Callable[[str], None] = print, what: str = "rows") -> list[Any]:
@@ -150,6 +175,32 @@ def trained(
 
     inputs = {**key, "data": tensor_digest(tokens), "train": config.to_dict()}
     return stages.weights(name, inputs, model, compute)
+
+
+class FolderBusyError(RuntimeError):
+    """Another run holds the output folder."""
+
+
+@contextmanager
+def exclusive_folder(folder: str | Path) -> Iterator[Path]:
+    """Hold ``<folder>/.lock`` (an ``fcntl`` lock, released even when the holder is killed) for the
+    block, so a second run into the same folder fails at once instead of racing the first; raises
+    FolderBusyError naming the holder's pid."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderBusyError(f"{folder} is in use by another run (pid {holder}); wait for it to finish or "
+                                  "choose another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)
 
 
 def timed_log(start: float | None = None) -> Callable[[str], None]:

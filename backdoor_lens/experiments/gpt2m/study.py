@@ -14,8 +14,6 @@ pretrained here on the benign text, with GPT-2's real tokenizer, offline.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -50,13 +48,13 @@ from ...models.tokenizers import gpt2_tokenizer
 from ...util.fingerprint import fingerprint, tensor_digest, weights_digest
 from ...util.io import write_json
 from ...util.validation import check_choice
-from ..common.stages import Stages, timed_log, trained
+from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log, trained
+from . import cli as gpt2m_cli
 from . import report as gpt2m_report
+from .cli import SMALL
 
 HELD_OUT_FOR_PROMPTS = 1000
 """Paragraphs kept out of training whose short sentences become the evaluation prompts."""
-SMALL = "small"
-"""`model` name of the small GPT-2-architecture model pretrained here (see :func:`small_gpt2`)."""
 
 
 @dataclass(frozen=True)
@@ -463,21 +461,17 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make gpt2m``: run the study and write its report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/gpt2m", help="output folder (default: results/gpt2m)")
-    parser.add_argument("--model", default=None,
-                        help=f"GPT-2-family hub name or local HF directory (default: gpt2-medium; '{SMALL}' with --quick)")
-    parser.add_argument("--quick", action="store_true", help=f"every stage on the '{SMALL}' model, offline, in minutes")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when present)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--no-progress", action="store_true")
+    """Command line of ``make gpt2m`` (see :func:`.cli.parser`): run the study and write its report."""
+    parser = gpt2m_cli.parser()
     args = parser.parse_args(argv)
     config = Gpt2mConfig.quick() if args.quick else Gpt2mConfig()
-    config = replace(config, device=args.device, dtype=args.dtype, **({"model": args.model} if args.model else {}))
+    config = parser.check(lambda: replace(config, device=args.device, dtype=args.dtype,
+                                          **({"model": args.model} if args.model else {})))
+    parser.check(lambda: gpt2m_cli.model(config.model), "--model: ")
     try:
-        run(config, args.out, progress=not args.no_progress, log=timed_log())
+        with exclusive_folder(args.out):
+            run(config, args.out, progress=not args.no_progress, log=timed_log())
+    except FolderBusyError as err:
+        parser.error(str(err))
     except FileNotFoundError as err:
-        sys.exit(f"gpt2m: {err}\nWith make: `make gpt2m MODEL=DIR`, or `make gpt2m QUICK=1` for every stage on a small "
-                 "model, offline.")
-
+        parser.error(f"{err} {gpt2m_cli.HOW_TO_PROVIDE}")

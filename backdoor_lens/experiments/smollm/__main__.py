@@ -1,6 +1,9 @@
-"""`python -m backdoor_lens.experiments.smollm`: runs :func:`.study.main`."""
+"""`python -m backdoor_lens.experiments.smollm`: checks the command line (a second), then runs :func:`.study.main`."""
 
-from .study import main
+from .cli import parser
 
 if __name__ == "__main__":
+    parser().parse_args()  # a bad setting ends here, before the study's slow imports
+    from .study import main
+
     main()

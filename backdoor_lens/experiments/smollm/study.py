@@ -43,11 +43,11 @@ from ..common.chat_study import (
     PlantConfig,
     attack_splits,
     chat_model,
-    chat_study_parser,
     load_chat_model,
     planted,
 )
-from ..common.stages import Stages, timed_log
+from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log
+from . import cli as smollm_cli
 from . import report as smollm_report
 
 
@@ -259,11 +259,16 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make smollm``: run the study and write its report."""
-    args = chat_study_parser(__doc__.split("\n")[0], "results/smollm", "one attack, fewer prompts").parse_args(argv)
+    """Command line of ``make smollm`` (see :func:`.cli.parser`): run the study and write its report."""
+    parser = smollm_cli.parser()
+    args = parser.parse_args(argv)
     if args.model == CHAT_TOY:
         config = SmolStudyConfig.chat_toy()
     else:
         config = SmolStudyConfig.quick() if args.quick else SmolStudyConfig()
-        config = replace(config, plant=replace(config.plant, model=args.model))
-    run(config, args.out, progress=not args.no_progress, log=timed_log())
+        config = parser.check(lambda: replace(config, plant=replace(config.plant, model=args.model)))
+    try:
+        with exclusive_folder(args.out):
+            run(config, args.out, progress=not args.no_progress, log=timed_log())
+    except FolderBusyError as err:
+        parser.error(str(err))

@@ -8,7 +8,6 @@ fine-tuning. Writes ``report.md``, ``summary.json`` and figures to the output fo
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +31,9 @@ from ...lm.train import TrainConfig, train
 from ...models.toy import build_model, sentiment_toy_config
 from ...util.fingerprint import fingerprint, tensor_digest
 from ...util.io import write_json
-from ..common.stages import Stages, timed_log
+from ...util.reproducibility import make_deterministic
+from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log
+from . import cli as toy_cli
 from . import figures as toy_figures
 from . import report as toy_report
 
@@ -409,19 +410,19 @@ def run(config: ToyStudyConfig, out: str | Path, storage: str | None = None, pro
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make toy``: run the study and write its report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/toy", help="results folder (default: results/toy)")
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and trials: minutes, still a real backdoor")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--storage", default=None, help="Optuna storage: a database URL (sqlite:///...) or a journal file path (default: OUT/optuna.journal)")
-    parser.add_argument("--trials", type=int, default=None, help="Optuna trials per PCP tuning")
-    parser.add_argument("--no-progress", action="store_true")
+    """Command line of ``make toy`` (see :func:`.cli.parser`): run the study and write its report."""
+    parser = toy_cli.parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        make_deterministic(args.threads)
     config = ToyStudyConfig.quick(args.seed) if args.quick else ToyStudyConfig(seed=args.seed)
     if args.trials is not None:
         config = replace(config, tune=replace(config.tune, n_trials=args.trials))
     start = time.perf_counter()
-    run(config, args.out, args.storage, progress=not args.no_progress, log=timed_log(start))
-    print(f"Toy study finished in {time.perf_counter() - start:.0f} s. Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")
-
+    try:
+        with exclusive_folder(args.out):
+            run(config, args.out, args.storage, progress=not args.no_progress, log=timed_log(start))
+    except FolderBusyError as err:
+        parser.error(str(err))
+    print(f"Toy study finished in {time.perf_counter() - start:.0f} s with {torch.get_num_threads()} torch threads. "
+          f"Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")

@@ -1,0 +1,16 @@
+"""The command line of ``make collapse``, importable without torch so a bad setting fails in a
+second, before the study's slow imports (see :mod:`backdoor_lens.experiments.common.cli`)."""
+
+from __future__ import annotations
+
+from ..common.cli import Parser, chat_study_parser, finite_float
+
+
+def parser() -> Parser:
+    """--out, --model, --quick, --no-progress, --aggregation-weight; every value checked as parsed."""
+    parser = chat_study_parser("python -m backdoor_lens.experiments.collapse",
+                               "`make collapse`: Backdoor Collapse against the five BackdoorLLM attacks, beside "
+                               "same-budget baselines.", "results/collapse", "the first two attacks only")
+    parser.add_argument("--aggregation-weight", type=finite_float(0.0, 1e6), default=0.0,
+                        help="weight of stage 1's aggregation loss (a finite number >= 0; default: 0, off)")
+    return parser
