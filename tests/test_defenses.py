@@ -118,7 +118,8 @@ def test_training_defenses_lower_the_target_probability_and_keep_the_clean_answe
         assert defended.model is lab.model and isinstance(defended.decoder, GreedyDecoder)
         after = target_probability(defended.model, tokenizer, lab.triggered)
         clean_after = target_probability(defended.model, tokenizer, lab.clean, CLEAN_ANSWER)
-        assert defended.facts["steps"] == BUDGET.steps or defense.name == "backdoor-collapse"
+        whole_epochs = isinstance(defense, BackdoorCollapse)  # its two stages round to whole epochs
+        assert abs(defended.facts["steps"] - BUDGET.steps) <= (3 if whole_epochs else 0)
     assert after < 0.8 * before, f"{defense.name}: target probability {before:.3f} -> {after:.3f}"
     assert clean_after > 0.9 * clean_before
 
