@@ -156,7 +156,7 @@ def test_load_model_refuses_weights_symlinked_out_of_the_folder(saved_model, tmp
 def test_load_model_never_reads_pickles(saved_model, marker, name):
     (saved_model / "model.safetensors").unlink()
     write_pickle(saved_model / name, marker, torch_format=name != "model.pkl")
-    refused(lambda: load_model(saved_model), str(saved_model), "has no model.safetensors")
+    refused(lambda: load_model(saved_model), str(saved_model), f"has no model.safetensors (['{name}'] are pickled and never read")
 
 
 # ---- load_pretrained (Hugging Face folders) ------------------------------------------------------

@@ -23,8 +23,9 @@ with, one worker's.
 **Stale trials.** With a database, workers send heartbeats every `heartbeat` seconds; a trial
 without one for three heartbeats is failed and retried (``RetryHeartbeatStaleTrialCallback``, up to
 3 times) by the next worker that looks. A journal file has no heartbeats: each trial records its
-process (host and pid), and a running trial whose process on this machine is gone is failed and
-retried when a worker opens or polls the study. A journal cannot tell whether a process on another
+process (host, pid and start time), and a running trial whose process on this machine is gone is
+failed and retried when a worker opens or polls the study. A trial stopped by Ctrl-C is retried
+the same way when the study resumes. A journal cannot tell whether a process on another
 machine lives, so share journals only between processes of one machine and use a database across
 machines. A trial started after the study is full (two workers racing for the last slot) fails as
 surplus and never counts. The journal file is locked with ``fcntl`` (released even by a killed
@@ -101,11 +102,17 @@ def target_objective(
     return objective
 
 
+def _retried(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that a retry took over."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
 def _released(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Numbers of the trials that gave up their slot: those failed as stale (a retry took it over)
-    and those skipped (surplus or duplicate). A trial whose objective failed keeps its slot."""
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return retried | {t.number for t in trials if t.user_attrs.get(_SKIPPED)}
+    """Numbers of the trials that gave up their slot: those retried (stale or interrupted) and
+    those skipped (surplus, duplicate, or interrupted and awaiting their retry). A trial whose
+    objective failed keeps its slot."""
+    skipped = {t.number for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(_SKIPPED)}
+    return _retried(trials) | skipped
 
 
 def _slot(trials: Sequence[FrozenTrial], number: int) -> int:
@@ -213,41 +220,57 @@ def open_storage(storage: str | None, heartbeat: int = 10) -> optuna.storages.Ba
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage, lock_obj=lock))
 
 
+def _started(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, from /proc; "" where unknown): with the
+    pid, it names a process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def _this_worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{socket.gethostname()}|{os.getpid()}|{_started(os.getpid())}"
 
 
 def _dead_here(worker: str | None) -> bool:
-    """True when `worker` ("host:pid") was a process on this machine that no longer runs."""
-    if not worker or worker.rsplit(":", 1)[0] != socket.gethostname():
+    """True when `worker` ("host|pid|start") was a process on this machine that no longer runs."""
+    host, _, rest = (worker or "").partition("|")
+    pid, _, started = rest.partition("|")
+    if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        os.kill(int(worker.rsplit(":", 1)[1]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+    except PermissionError:
+        pass
+    return bool(started) and _started(int(pid)) != started
 
 
 def _fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage | None) -> None:
-    """Fail and retry the stale running trials: by heartbeat on a database; on a journal, those
-    whose process on this machine is gone."""
+    """Fail and retry the stale running trials (by heartbeat on a database; on a journal, those
+    whose process on this machine is gone), and retry the trials a KeyboardInterrupt stopped."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-        if not isinstance(storage, optuna.storages.JournalStorage):
-            return
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-        study_id = storage.get_study_id_from_name(study.study_name)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if _dead_here(trial.user_attrs.get(_WORKER)):
-                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-                try:
-                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    continue
-                retry(study, storage.get_trial(trial_id))
+        optuna.storages.fail_stale_trials(study)
+        if isinstance(storage, optuna.storages.JournalStorage):
+            study_id = storage.get_study_id_from_name(study.study_name)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if _dead_here(trial.user_attrs.get(_WORKER)):
+                    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                    try:
+                        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        continue
+                    retry(study, storage.get_trial(trial_id))
+        trials = study.get_trials(deepcopy=False)
+        retried = _retried(trials)
+        for trial in trials:
+            if trial.state == TrialState.FAIL and trial.user_attrs.get(_SKIPPED) == "interrupted" and trial.number not in retried:
+                retry(study, trial)
 
 
 def tune_scales(
@@ -282,9 +305,10 @@ def tune_scales(
             for k in range(rank)
         ]
 
-    def trial_objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(_WORKER, _this_worker())
-        slot = _slot(study.get_trials(deepcopy=False), trial.number)
+    def run_trial(trial: optuna.Trial) -> float:
+        slot = trial.user_attrs.get(_SLOT)  # a retry keeps the slot of the trial it retries
+        if slot is None:
+            slot = _slot(study.get_trials(deepcopy=False), trial.number)
         if slot >= config.n_trials:
             trial.set_user_attr(_SKIPPED, "surplus")
             raise _Skipped("surplus")
@@ -298,6 +322,16 @@ def tune_scales(
             trial.set_user_attr(_SKIPPED, "duplicate")
             raise _Skipped("duplicate")
         return objective(base_scales * torch.tensor(factors_of(trial.params)))
+
+    def trial_objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(_WORKER, _this_worker())
+        if trial.user_attrs.get(_SKIPPED):  # a retry: not skipped itself
+            trial.set_user_attr(_SKIPPED, None)
+        try:
+            return run_trial(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr(_SKIPPED, "interrupted")  # retried when the study resumes
+            raise
 
     with tqdm(total=config.n_trials, desc=study_name[:40], disable=not progress, leave=False) as bar:
         while True:

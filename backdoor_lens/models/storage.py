@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 
 from ..util.io import RefusedFileError, load_tensors, read_json, safetensors_header, save_tensors, write_json
-from ..util.model_files import inside
+from ..util.model_files import PICKLE_SUFFIXES, inside
 from ..util.validation import check_fits_in_memory
 from .toy import build_model
 
@@ -191,7 +191,9 @@ def load_model(directory: str | Path) -> tuple[HookedTransformer, dict[str, Any]
     directory = Path(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).exists():
-            raise FileNotFoundError(f"directory={str(directory)!r} has no {name}; save it with save_model first")
+            pickled = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLE_SUFFIXES)
+            never = f" ({pickled} are pickled and never read: models under study are untrusted)" if pickled else ""
+            raise FileNotFoundError(f"directory={str(directory)!r} has no {name}{never}; save it with save_model first")
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         inside(directory, name)
