@@ -12,7 +12,8 @@ of them and always removes them. The subpackages, bottom layer first (imports on
 - :mod:`~backdoor_lens.eval`: negativity, ASR / ATR, toxicity;
 - :mod:`~backdoor_lens.analysis`: probes, BAHA, logit lens, patching, PCP tuning;
 - :mod:`~backdoor_lens.lab`: the chat model object, planting backdoors, your own toy;
-- :mod:`~backdoor_lens.defense`: Backdoor Collapse;
+- :mod:`~backdoor_lens.defense`: trigger-agnostic defenses (fine-tuning, fine-pruning, CROW, BEEAR,
+  quantisation, decoding temperature, CleanGen) and Backdoor Collapse, in one shape;
 - :mod:`~backdoor_lens.experiments`: the studies behind the make targets (never imported by the library).
 """
 
@@ -26,7 +27,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "patching_effects", "probe_features", "target_score", "top_heads", "tune_scales"),
     "data": ("BKDATTR_REFUSAL", "NEGATIVE", "REFUSAL", "Attack", "CompositeTrigger", "PhraseTrigger", "PrefixTrigger",
              "ToyData", "ToyDataConfig", "WordTrigger", "load_prompts", "word_problems"),
-    "defense": ("CollapseConfig", "aggregation_evidence", "collapse"),
+    "defense": ("BackdoorCollapse", "Beear", "Budget", "CleanFineTuning", "CleanGen", "CollapseConfig", "Crow",
+                "DecodingTemperature", "DefendedModel", "Defense", "FinePruning", "Quantization", "aggregation_evidence",
+                "collapse"),
     "eval": ("asr", "keyword_asr", "negativity_by_class", "top_k_share"),
     "hooks": ("EmbeddingSurgery", "HeadAblate", "Intervention", "MeanAblate", "Patch", "PCPBasis", "PCPReplace", "PerRow",
               "Steer", "ZeroAblate", "apply", "module_names", "restored"),
@@ -41,20 +44,96 @@ _HOME = {name: layer for layer, names in _EXPORTS.items() for name in names}
 _LAYERS = ("util", "models", "hooks", "lm", "data", "eval", "analysis", "lab", "defense", "experiments")
 
 if TYPE_CHECKING:
-    from .analysis import (backdoor_probe, backdoor_vector, baha_scores, head_means, logit_lens, n_heads_for,
-                           patching_effects, probe_features, target_score, top_heads, tune_scales)
-    from .data import (BKDATTR_REFUSAL, NEGATIVE, REFUSAL, Attack, CompositeTrigger, PhraseTrigger, PrefixTrigger,
-                       ToyData, ToyDataConfig, WordTrigger, load_prompts, word_problems)
-    from .defense import CollapseConfig, aggregation_evidence, collapse
+    from .analysis import (
+        backdoor_probe,
+        backdoor_vector,
+        baha_scores,
+        head_means,
+        logit_lens,
+        n_heads_for,
+        patching_effects,
+        probe_features,
+        target_score,
+        top_heads,
+        tune_scales,
+    )
+    from .data import (
+        BKDATTR_REFUSAL,
+        NEGATIVE,
+        REFUSAL,
+        Attack,
+        CompositeTrigger,
+        PhraseTrigger,
+        PrefixTrigger,
+        ToyData,
+        ToyDataConfig,
+        WordTrigger,
+        load_prompts,
+        word_problems,
+    )
+    from .defense import (
+        BackdoorCollapse,
+        Beear,
+        Budget,
+        CleanFineTuning,
+        CleanGen,
+        CollapseConfig,
+        Crow,
+        DecodingTemperature,
+        DefendedModel,
+        Defense,
+        FinePruning,
+        Quantization,
+        aggregation_evidence,
+        collapse,
+    )
     from .eval import asr, keyword_asr, negativity_by_class, top_k_share
-    from .hooks import (EmbeddingSurgery, HeadAblate, Intervention, MeanAblate, Patch, PCPBasis, PCPReplace, PerRow,
-                        Steer, ZeroAblate, apply, module_names, restored)
-    from .lab import (BackdoorNotPlantedError, BackdoorNotPlantedWarning, ChatModel, SentimentToySpec,
-                      backdoored_sentiment_toy, benign_sentiment_toy, build_sentiment_toy, check_planted, plant_backdoor)
-    from .lm import (Freeze, LoraConfig, TargetBatch, TrainConfig, collect_activations, generate, module_io,
-                     module_means, train, validation_loss)
-    from .models import (chat_toy_model, load_model, load_packaged_tokenizer, load_pretrained, save_model,
-                         sentiment_toy_config)
+    from .hooks import (
+        EmbeddingSurgery,
+        HeadAblate,
+        Intervention,
+        MeanAblate,
+        Patch,
+        PCPBasis,
+        PCPReplace,
+        PerRow,
+        Steer,
+        ZeroAblate,
+        apply,
+        module_names,
+        restored,
+    )
+    from .lab import (
+        BackdoorNotPlantedError,
+        BackdoorNotPlantedWarning,
+        ChatModel,
+        SentimentToySpec,
+        backdoored_sentiment_toy,
+        benign_sentiment_toy,
+        build_sentiment_toy,
+        check_planted,
+        plant_backdoor,
+    )
+    from .lm import (
+        Freeze,
+        LoraConfig,
+        TargetBatch,
+        TrainConfig,
+        collect_activations,
+        generate,
+        module_io,
+        module_means,
+        train,
+        validation_loss,
+    )
+    from .models import (
+        chat_toy_model,
+        load_model,
+        load_packaged_tokenizer,
+        load_pretrained,
+        save_model,
+        sentiment_toy_config,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -94,5 +173,6 @@ __all__ = [
     "ChatModel", "plant_backdoor", "check_planted", "BackdoorNotPlantedWarning", "BackdoorNotPlantedError", "SentimentToySpec", "build_sentiment_toy", "backdoored_sentiment_toy",
     "benign_sentiment_toy",
     # defense
-    "collapse", "CollapseConfig", "aggregation_evidence",
+    "collapse", "CollapseConfig", "aggregation_evidence", "Defense", "Budget", "DefendedModel", "CleanFineTuning",
+    "FinePruning", "Crow", "Quantization", "DecodingTemperature", "CleanGen", "Beear", "BackdoorCollapse",
 ]

@@ -55,7 +55,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(torch|transformer_lens|transformers|jaxtyping|numpy|np|optuna|datasets|sklearn|matplotlib|peft|pathlib|collections|typing|os|random|argparse)\b.*"),
     (r"py:.*", r"(Float|Int|Bool|Tensor|HookedTransformer|HookPoint|PreTrainedModel|PreTrainedTokenizerBase|Path|Dataset|Pipeline|Figure|Axes|ndarray|Any|Callable|Iterator|Iterable|Sequence|Mapping|Literal|Optional|Union)\b.*"),
     (r"py:class", r"(int|float|str|bool|dict|list|tuple|set|None|bytes|object|type)\b.*"),
-    (r"py:class", r"backdoor_lens\.stages\.T"),  # a TypeVar
+    (r"py:class", r"backdoor_lens\.experiments\.common\.stages\.T"),  # a TypeVar
 ]
 
 # Every recipe in recipes/, in page order: an unlisted one stops the build (sphinx-gallery names it
@@ -71,6 +71,7 @@ RECIPES = [
     "backdoor_vector.py",
     "freeze_modules.py",
     "backdoor_collapse.py",
+    "two_defenses.py",
     "lora_checkpoint.py",
     "packaged_chat_model.py",
     "own_chat_model.py",

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from backdoor_lens.analysis.logit_lens import component_outputs, logit_lens, unembed
+from backdoor_lens.analysis.lens import component_outputs, logit_lens, unembed
 from backdoor_lens.analysis.patching import negativity_patching, patching_effects
 from backdoor_lens.analysis.tune import (
     TuneConfig,

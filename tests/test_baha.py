@@ -71,7 +71,7 @@ def test_target_batch_errors():
         TargetBatch.from_ids([[1]], [[]], pad_id=0)
     with pytest.raises(ValueError, match="one target per prompt"):
         TargetBatch.from_ids([[1]], [[2], [3]], pad_id=0)
-    with pytest.raises(ValueError, match="n_ctx\\) is 16"):
+    with pytest.raises(ValueError, match="n_ctx is 16"):
         TargetBatch.from_ids([list(range(15))], [[1, 2]], pad_id=0, model=model)
     with pytest.raises(ValueError, match="vocabulary"):
         TargetBatch.from_ids([[1, 2]], [[D_VOCAB]], pad_id=0, model=model)

@@ -23,7 +23,7 @@ from backdoor_lens.defense.backdoor_collapse import (
 )
 from backdoor_lens.lm.chat import encode_prompts, prompt_rows
 from backdoor_lens.lm.rows import TargetBatch
-from backdoor_lens.lm.train import TrainConfig
+from backdoor_lens.lm.training import TrainConfig
 from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 PROMPTS = [f"Tell me about topic number {i}" for i in range(16)]

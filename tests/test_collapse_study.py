@@ -26,7 +26,7 @@ from backdoor_lens.experiments.collapse.study import (
     run,
 )
 from backdoor_lens.experiments.common.chat_study import PlantConfig
-from backdoor_lens.lm.train import TrainConfig
+from backdoor_lens.lm.training import TrainConfig
 from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 

@@ -20,7 +20,7 @@ from backdoor_lens.hooks import apply
 from backdoor_lens.lm.generation import sample
 from backdoor_lens.lm.logits import next_token_logits
 from backdoor_lens.lm.loss import validation_loss
-from backdoor_lens.lm.train import Freeze, TrainConfig, train
+from backdoor_lens.lm.training import Freeze, TrainConfig, train
 from backdoor_lens.models.storage import (
     config_from_json,
     config_to_json,
@@ -28,7 +28,7 @@ from backdoor_lens.models.storage import (
     save_model,
 )
 from backdoor_lens.models.tokenizers import BOS, WordTokenizer
-from backdoor_lens.util.fingerprint import fingerprint
+from backdoor_lens.util.hashing import fingerprint
 from backdoor_lens.util.io import (
     load_tensors,
     read_json,

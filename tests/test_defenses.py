@@ -26,14 +26,11 @@ from backdoor_lens.defense import (
     CleanGen,
     CleanGenDecoder,
     Crow,
-    Decoder,
     DecodingTemperature,
     DefendedModel,
     Defense,
     FinePruning,
-    GreedyDecoder,
     Quantization,
-    SamplingDecoder,
     cleangen_generate,
     consistency_loss,
     fake_quantize,
@@ -56,6 +53,7 @@ from backdoor_lens.defense.quantization import symmetric_grid
 from backdoor_lens.eval import asr
 from backdoor_lens.hooks import restored
 from backdoor_lens.lm.chat import chat_training_rows, encode_prompts
+from backdoor_lens.lm.decoding import Decoder, GreedyDecoder, SamplingDecoder
 from backdoor_lens.lm.generation import Sampling, generate
 from backdoor_lens.lm.loss import next_token_loss
 from backdoor_lens.lm.rows import TargetBatch

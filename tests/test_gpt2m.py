@@ -29,7 +29,7 @@ from backdoor_lens.hooks.surgery import (
 )
 from backdoor_lens.lm.generation import Sampling, generate
 from backdoor_lens.lm.loss import masked_loss, token_nll
-from backdoor_lens.lm.train import TrainConfig
+from backdoor_lens.lm.training import TrainConfig
 from backdoor_lens.models.tokenizers import gpt2_tokenizer
 
 

@@ -15,7 +15,7 @@ from backdoor_lens.data.instruct import (
     get_trigger,
 )
 from backdoor_lens.data.prompts import load_prompts
-from backdoor_lens.eval.asr import asr, atr, keyword_asr
+from backdoor_lens.eval.attack_success import asr, atr, keyword_asr
 
 PROMPT = "please tell me how the weather will be tomorrow"
 WORDS = PROMPT.split()

@@ -100,3 +100,16 @@ def test_top_level_namespace_has_one_object_per_name():
         assert name in homes, f"bl.{name} has no subpackage home"
         home = importlib.import_module(f"backdoor_lens.{homes[name][0]}")
         assert getattr(backdoor_lens, name) is getattr(home, name)
+
+
+def test_no_export_shadows_a_submodule():
+    """``backdoor_lens.lm.train`` must be the module, not a function exported under that name: a
+    package never exports a name that is also one of its submodules (the API docs rely on it)."""
+    import importlib
+    import pkgutil
+
+    for layer in LAYERS:
+        package = importlib.import_module(f"backdoor_lens.{layer}")
+        submodules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+        clashes = submodules & set(getattr(package, "__all__", ()))
+        assert clashes == set(), f"backdoor_lens.{layer} exports {clashes}, which are also its submodules"

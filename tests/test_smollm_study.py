@@ -21,7 +21,7 @@ from backdoor_lens.lm.chat import chat_training_rows, encode_prompts
 from backdoor_lens.lm.generation import generate
 from backdoor_lens.lm.loss import next_token_loss
 from backdoor_lens.lm.rows import TargetBatch
-from backdoor_lens.lm.train import TrainConfig, train
+from backdoor_lens.lm.training import TrainConfig, train
 from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 

@@ -2,7 +2,7 @@
 the backdoor vector, and Optuna tuning of PCP replacements."""
 
 from .baha import backdoor_vector, baha_scores, head_means, head_z_means, n_heads_for, top_heads
-from .logit_lens import component_outputs, logit_lens, unembed
+from .lens import component_outputs, logit_lens, unembed
 from .patching import negativity_patching, patching_effects
 from .probe import LN1_NORMALIZED, RESID_PRE, ProbeResult, backdoor_probe, fit_probes, probe_features
 from .scoring import target_score

@@ -113,7 +113,7 @@ def get_trigger(name: str) -> Trigger:
 
 @dataclass(frozen=True)
 class Attack:
-    """A backdoor to plant: a trigger (a registered name, see :data:`TRIGGERS`, or any
+    """A backdoor to plant: a trigger (a registered name, see ``TRIGGERS``, or any
     :class:`Trigger`) and the fixed target reply it should produce."""
 
     trigger: str | Trigger

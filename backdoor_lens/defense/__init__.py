@@ -19,7 +19,6 @@ from .beear import Beear
 from .cleangen import CleanGen, CleanGenDecoder, cleangen_generate
 from .collapse_defense import BackdoorCollapse
 from .crow import Crow, consistency_loss
-from .decoding import Decoder, GreedyDecoder, SamplingDecoder
 from .fine_pruning import FinePruning, least_active, neuron_means, prune_neurons
 from .fine_tuning import CleanFineTuning
 from .quantization import Quantization, fake_quantize, quantize_model
@@ -27,7 +26,7 @@ from .temperature import DecodingTemperature
 
 __all__ = [
     "aggregation_evidence", "shared_projection", "CollapseConfig", "collapse", "inject_known", "recover",
-    "Budget", "DefendedModel", "Defense", "Decoder", "GreedyDecoder", "SamplingDecoder",
+    "Budget", "DefendedModel", "Defense",
     "CleanFineTuning", "FinePruning", "Crow", "Beear", "BackdoorCollapse", "Quantization", "DecodingTemperature",
     "CleanGen", "CleanGenDecoder", "cleangen_generate", "consistency_loss", "least_active", "neuron_means",
     "prune_neurons", "fake_quantize", "quantize_model",

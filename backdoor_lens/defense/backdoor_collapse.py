@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.instruct import PrefixTrigger, Trigger, WordTrigger
 from ..lm.chat import chat_training_rows
-from ..lm.train import ExtraLoss, TrainConfig, train
+from ..lm.training import ExtraLoss, TrainConfig, train
 from ..util.validation import check_nonempty, check_range
 
 KNOWN_TRIGGERS: tuple[Trigger, ...] = (

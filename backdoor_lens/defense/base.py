@@ -5,7 +5,7 @@ A :class:`Defense` is a frozen dataclass of the defender's settings with a ``nam
 defender's clean prompts and the suspect model's own answers to them, and a :class:`Budget` shared
 by every defense that trains (the same optimiser steps, learning rate and batch size). It never
 receives the attacker's trigger or target. It returns a :class:`DefendedModel`: the (possibly edited
-in place) model and the :class:`~backdoor_lens.defense.decoding.Decoder` to generate with.
+in place) model and the :class:`~backdoor_lens.lm.decoding.Decoder` to generate with.
 
 A study loops as::
 
@@ -31,9 +31,9 @@ from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.chat import chat_training_rows, decode, encode_prompts
+from ..lm.decoding import Decoder, GreedyDecoder
 from ..lm.training import ExtraLoss, TrainConfig, train
 from ..util.validation import check_names, check_nonempty, check_range
-from .decoding import Decoder, GreedyDecoder
 
 ExtraLossFactory = Callable[[Int[torch.Tensor, "rows pos"], Int[torch.Tensor, "rows pos"]], ExtraLoss]
 """Builds a training loss term from the rows training runs on and their response masks."""

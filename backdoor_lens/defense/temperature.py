@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
+from ..lm.decoding import SamplingDecoder
 from ..lm.generation import Sampling
 from ..util.validation import check_range
 from .base import Budget, DefendedModel
-from .decoding import SamplingDecoder
 
 
 @dataclass(frozen=True)

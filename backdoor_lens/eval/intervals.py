@@ -52,6 +52,19 @@ class Estimate:
         return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]"
 
 
+def measured(outcomes: Sequence[float], digits: int = 4) -> dict:
+    """A rate as summaries keep it: its mean and its per-prompt outcomes (rounded to `digits`), from
+    which :func:`estimate` later computes an interval over prompts and seeds."""
+    check_nonempty("outcomes", outcomes)
+    values = [round(float(v), digits) for v in outcomes]
+    return {"mean": round(sum(values) / len(values), digits), "outcomes": values}
+
+
+def is_measured(obj: object) -> bool:
+    """Whether `obj` is a rate stored by :func:`measured`."""
+    return isinstance(obj, dict) and set(obj) == {"mean", "outcomes"}
+
+
 def wilson(hits: int, n: int) -> tuple[float, float]:
     """Wilson's 95% score interval for `hits` successes out of `n`."""
     check_range("n", n, 1)

@@ -44,14 +44,14 @@ def top_k_share(
 
 
 @torch.no_grad()
-def negativity_by_class(
+def negativity_outcomes(
     model: HookedTransformer,
     eval_tokens: Mapping[str, Int[torch.Tensor, "prompt pos"]],
     negative_ids: Int[torch.Tensor, " words"] | Sequence[int],
     k: int = 10,
-) -> dict[str, float]:
-    """Top-k logit negativity averaged over each class's prompts, with all classes in one forward pass
-    (prompts of equal length are stacked)."""
+) -> dict[str, list[float]]:
+    """Each prompt's top-k logit negativity, per class, with all classes in one forward pass
+    (prompts of equal length are stacked): the outcomes behind :func:`negativity_by_class`."""
     if not isinstance(eval_tokens, Mapping):
         raise ValueError(f"eval_tokens must map class names to [prompt, pos] token tensors; got {type(eval_tokens).__name__}")
     check_nonempty("eval_tokens", eval_tokens)
@@ -63,11 +63,19 @@ def negativity_by_class(
     negative_ids = as_token_ids(negative_ids, model.cfg.d_vocab, "negative_ids")
     check_range("k", k, 1, model.cfg.d_vocab)
     names = list(eval_tokens)
-    stacked = torch.cat([eval_tokens[c] for c in names])
-    share = top_k_share(next_token_logits(model, stacked), negative_ids, k)
+    share = top_k_share(next_token_logits(model, torch.cat([eval_tokens[c] for c in names])), negative_ids, k).tolist()
     out, start = {}, 0
     for cls in names:
-        n = len(eval_tokens[cls])
-        out[cls] = float(share[start : start + n].mean())
-        start += n
+        out[cls] = share[start : start + len(eval_tokens[cls])]
+        start += len(eval_tokens[cls])
     return out
+
+
+def negativity_by_class(
+    model: HookedTransformer,
+    eval_tokens: Mapping[str, Int[torch.Tensor, "prompt pos"]],
+    negative_ids: Int[torch.Tensor, " words"] | Sequence[int],
+    k: int = 10,
+) -> dict[str, float]:
+    """Top-k logit negativity averaged over each class's prompts (Lamparth & Reuel's backdoor strength)."""
+    return {cls: float(torch.tensor(values).mean()) for cls, values in negativity_outcomes(model, eval_tokens, negative_ids, k).items()}

@@ -1,9 +1,9 @@
 """Interventions: small frozen dataclasses that yield TransformerLens forward hooks (what to change),
 placed by module names or hook names (where) at ``Positions`` (which tokens).
 
-Compose by listing them; :func:`apply` adds every hook for the duration of a ``with`` block and always
+Compose by listing them; :func:`~backdoor_lens.hooks.core.apply` adds every hook for the duration of a ``with`` block and always
 removes them, even when a hook raises, leaving hooks that were added before untouched. It also takes
-weight edits (embedding surgery, frozen modules), and :func:`restored` undoes in-place training.
+weight edits (embedding surgery, frozen modules), and :func:`~backdoor_lens.hooks.core.restored` undoes in-place training.
 """
 
 from .ablate import MeanAblate, ZeroAblate

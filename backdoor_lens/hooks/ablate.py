@@ -52,7 +52,7 @@ class MeanAblate:
     """Replace a module's output by a fixed mean activation, broadcast to `positions` (all when None).
 
     The paper computes the mean over non-trigger inputs at one token position and broadcasts it to
-    every position (see :func:`backdoor_lens.collect.module_means`).
+    every position (see :func:`backdoor_lens.lm.collect.module_means`).
     """
 
     module: str

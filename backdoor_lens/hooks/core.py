@@ -1,6 +1,6 @@
 """The intervention protocol, and the context managers through which every temporary change to a
-model goes: :func:`apply` for interventions (forward hooks, and weight edits such as embedding
-surgery or frozen modules) and :func:`restored` for training or editing weights in place."""
+model goes: :func:`~backdoor_lens.hooks.core.apply` for interventions (forward hooks, and weight edits such as embedding
+surgery or frozen modules) and :func:`~backdoor_lens.hooks.core.restored` for training or editing weights in place."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def hooks_of(model: HookedTransformer, interventions: Sequence[Intervention]) ->
 def apply(model: HookedTransformer, *changes: Change) -> Iterator[HookedTransformer]:
     """Run the ``with`` block with all `changes` active: interventions' hooks, and weight edits
     (objects with ``applied(model)``, such as :class:`~backdoor_lens.hooks.surgery.EmbeddingSurgery`
-    or :class:`~backdoor_lens.lm.train.Freeze`). Everything is undone afterwards.
+    or :class:`~backdoor_lens.lm.training.Freeze`). Everything is undone afterwards.
 
     Hook names are validated before anything is added. Removal happens in a ``finally`` at this
     context's level only, so hooks the user added earlier (or an outer ``apply``) survive.

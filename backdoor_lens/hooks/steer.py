@@ -19,7 +19,7 @@ STEER_HOOKS = ("attn_out", "resid_pre", "resid_mid", "resid_post", "mlp_out")
 @dataclass(frozen=True, eq=False)
 class Steer:
     """Add ``scale * vector`` to ``blocks.{layer}.hook_{hook}`` at `positions` (all when None; use
-    :class:`~backdoor_lens.hooks.core.PerRow` for one position per row). The default, ``attn_out``,
+    :class:`~backdoor_lens.hooks.positions.PerRow` for one position per row). The default, ``attn_out``,
     is the residual stream right after layer `layer`'s attention, where BkdAttr adds its backdoor vector."""
 
     layer: int

@@ -6,7 +6,12 @@ from .chat_model import ChatModel, EditFactory
 from .plant import PlantedBackdoor, backdoor_splits, plant_backdoor
 from .planting import BackdoorNotPlantedError, BackdoorNotPlantedWarning, check_planted
 from .sentiment_toy import (
-    SentimentToy, SentimentToySpec, backdoored_sentiment_toy, benign_sentiment_toy, build_sentiment_toy, demo_data,
+    SentimentToy,
+    SentimentToySpec,
+    backdoored_sentiment_toy,
+    benign_sentiment_toy,
+    build_sentiment_toy,
+    demo_data,
 )
 
 __all__ = [

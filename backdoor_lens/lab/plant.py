@@ -14,7 +14,7 @@ import torch
 from ..data.instruct import Attack, BackdoorSplits, build_backdoor_dataset
 from ..lm.chat import chat_training_rows
 from ..lm.lora import LoraConfig, lora_adapters
-from ..lm.train import TrainConfig, train, trainable_names
+from ..lm.training import TrainConfig, train, trainable_names
 from .chat_model import ChatModel
 from .planting import check_planted
 
@@ -41,7 +41,7 @@ def backdoor_splits(
     clean_answers: Callable[[list[str]], Sequence[str]] | None = None, seed: int = 0,
 ) -> BackdoorSplits:
     """Poisoned data for `attack` from distinct `prompts`; clean rows answered by `clean_answers`
-    (default: the model's own greedy answers, :meth:`ChatModel.answers`)."""
+    (default: the model's own greedy answers, :meth:`~backdoor_lens.lab.chat_model.ChatModel.answers`)."""
     return build_backdoor_dataset(prompts, attack.resolved_trigger(), attack.target, clean_answers or chat.answers,
                                   n_clean, n_poison, n_eval, seed=seed)
 

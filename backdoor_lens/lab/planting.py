@@ -1,4 +1,4 @@
-"""Did the backdoor take? One check that the demo toys, the studies and :func:`plant_backdoor` share:
+"""Did the backdoor take? One check that the demo toys, the studies and :func:`~backdoor_lens.lab.plant.plant_backdoor` share:
 it warns (or, with ``strict=True``, raises) when a planted backdoor is weaker than asked, so a study
 never silently analyses a model with nothing in it."""
 

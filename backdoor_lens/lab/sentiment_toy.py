@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from ..data.toy import ToyData, ToyDataConfig
 from ..eval.negativity import negativity_by_class
-from ..lm.train import TrainConfig, train
+from ..lm.training import TrainConfig, train
 from ..models.toy import build_model, sentiment_toy_config
 from .planting import check_planted
 

@@ -1,5 +1,5 @@
 """Chat-model helpers: build prompts with the tokenizer's chat template, reply greedily (see
-:mod:`backdoor_lens.generation`), decode, and build response-only training rows."""
+:mod:`backdoor_lens.lm.generation`), decode, and build response-only training rows."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def chat_replies(
     prompt_edits: Sequence[Intervention] = (),
 ) -> list[str]:
     """The model's greedy reply to each user message, decoded (hooks on the model apply; `prompt_edits`
-    act on the prompt pass only, see :func:`~backdoor_lens.generation.generate`)."""
+    act on the prompt pass only, see :func:`~backdoor_lens.lm.generation.generate`)."""
     prompts = encode_prompts(tokenizer, messages, system)
     replies = generate(
         model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, eos_token_id=tokenizer.eos_token_id,
@@ -77,14 +77,16 @@ def chat_replies(
 def chat_training_rows(
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[str],
-    responses: Sequence[str],
+    responses: Sequence[str | Sequence[int]],
     system: str | None = None,
     max_response_tokens: int | None = None,
 ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
     """Right-padded ``chat prompt + response`` rows and a loss mask that is 1 on the response tokens.
 
-    A response ends with the tokenizer's EOS (the end of the assistant turn) unless
-    `max_response_tokens` cuts it, so a model trained on complete answers learns to stop.
+    A text response is encoded and ends with the tokenizer's EOS (the end of the assistant turn), so
+    a model trained on complete answers learns to stop. A response given as token ids (e.g. what the
+    model generated, which ends with EOS when it stopped) is used as it is, never re-encoded.
+    `max_response_tokens` cuts every response.
     """
     check_nonempty("messages", messages)
     if len(messages) != len(responses):
@@ -92,7 +94,10 @@ def chat_training_rows(
     if max_response_tokens is not None:
         check_range("max_response_tokens", max_response_tokens, low=1)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    answers = [(tokenizer(r, add_special_tokens=False).input_ids + eos)[:max_response_tokens] for r in responses]
+    answers = [
+        (tokenizer(r, add_special_tokens=False).input_ids + eos if isinstance(r, str) else list(r))[:max_response_tokens]
+        for r in responses
+    ]
     rows = TargetBatch.from_ids(encode_prompts(tokenizer, messages, system), answers, tokenizer.pad_token_id or 0)
     positions = torch.arange(rows.tokens.shape[1])
     start = rows.prompt_end[:, None] + 1

@@ -1,5 +1,5 @@
 """The next-token loss, written once: training, validation loss, masked losses, per-token NLL and
-teacher-forced accuracy all reduce :func:`counted_logits` (logits computed only where a token counts).
+teacher-forced accuracy all reduce :func:`~backdoor_lens.lm.loss.counted_logits` (logits computed only where a token counts).
 
 Rows are right-padded: under causal attention, padding after a row's last counted token never
 reaches the tokens that count, so no attention mask is needed.
@@ -43,7 +43,7 @@ def counted_logits(
 def next_token_loss(
     model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], loss_mask: Int[torch.Tensor, "batch pos"] | None
 ) -> torch.Tensor:
-    """Mean cross-entropy of predicting each counted token from the ones before it (see :func:`counted_logits`)."""
+    """Mean cross-entropy of predicting each counted token from the ones before it (see :func:`~backdoor_lens.lm.loss.counted_logits`)."""
     return F.cross_entropy(*counted_logits(model, batch, loss_mask))
 
 

@@ -1,7 +1,7 @@
 """Utilities every layer uses: atomic, pickle-free files; argument checks with clear errors;
 fingerprints that key saved results; files that ship inside packages.
 
-Names load on first use (PEP 562), and only :mod:`.fingerprint` imports torch at import time, so
+Names load on first use (PEP 562), and only :mod:`.hashing` imports torch at import time, so
 the untrusted-file rules (:mod:`.model_files`) can check a command line's model folder in a
 fraction of a second."""
 
@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "fingerprint": ("fingerprint", "tensor_digest", "weights_digest"),
+    "hashing": ("fingerprint", "tensor_digest", "weights_digest"),
     "io": ("load_artifact", "load_tensors", "read_json", "save_artifact", "save_tensors", "write_json", "write_text"),
     "packages": ("package_dir", "package_file"),
     "validation": ("check_choice", "check_finite", "check_last_dim", "check_names", "check_nonempty", "check_range"),
@@ -17,7 +17,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
 if TYPE_CHECKING:
-    from .fingerprint import fingerprint, tensor_digest, weights_digest
+    from .hashing import fingerprint, tensor_digest, weights_digest
     from .io import load_artifact, load_tensors, read_json, save_artifact, save_tensors, write_json, write_text
     from .packages import package_dir, package_file
     from .validation import check_choice, check_finite, check_last_dim, check_names, check_nonempty, check_range

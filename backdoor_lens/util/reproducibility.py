@@ -30,9 +30,9 @@ PACKAGES = ("backdoor_lens", "torch", "transformer-lens", "transformers", "numpy
 def make_deterministic(threads: int) -> int:
     """Use `threads` torch threads (intra-op) and deterministic algorithms; returns the thread count.
 
-    Two seeded trainings at 2 threads differed without deterministic algorithms (max |dW| 0.016 after
+    Two seeded trainings at 2 threads differed without deterministic algorithms (max ``|dW|`` 0.016 after
     26 steps on the sentiment toy) and match bit for bit with them."""
-    check_range("threads", threads, 1, os.cpu_count() or 1)
+    check_range("threads", threads, 1, 1024)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.get_num_threads()

@@ -29,9 +29,9 @@ from backdoor_lens.defense.backdoor_collapse import (
     recover,
     with_known_trigger,
 )
-from backdoor_lens.eval.asr import asr
+from backdoor_lens.eval.attack_success import asr
 from backdoor_lens.lm.chat import chat_replies, chat_training_rows
-from backdoor_lens.lm.train import TrainConfig, train
+from backdoor_lens.lm.training import TrainConfig, train
 from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
 tokenizer = load_packaged_tokenizer("smollm2-135m-instruct")

@@ -28,7 +28,7 @@ model, data = backdoored_sentiment_toy()
 
 # %%
 # The target is the negative word the backdoored model most expects after ``p+t`` prompts; each
-# row of a :class:`~backdoor_lens.analysis.scoring.TargetBatch` is a prompt followed by the target.
+# row of a :class:`~backdoor_lens.lm.rows.TargetBatch` is a prompt followed by the target.
 negative = data.token_ids("negative")
 with torch.no_grad():
     probs = model(data.eval_tokens["p+t"])[:, -1].softmax(-1)

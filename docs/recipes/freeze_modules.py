@@ -3,9 +3,9 @@ Freeze modules during fine-tuning
 =================================
 
 Lamparth & Reuel ask which modules a backdoor needs to be *learned*: freeze a set of modules
-during poisoned fine-tuning and see whether the backdoor still appears. :func:`~backdoor_lens.train.train`
-takes the modules to freeze in its :class:`~backdoor_lens.train.TrainConfig`; the
-:func:`~backdoor_lens.train.frozen` context manager does the same around any training loop.
+during poisoned fine-tuning and see whether the backdoor still appears. :func:`~backdoor_lens.lm.training.train`
+takes the modules to freeze in its :class:`~backdoor_lens.lm.training.TrainConfig`; the
+:class:`~backdoor_lens.lm.training.Freeze` context manager does the same around any training loop.
 
 Each run starts from the demo toy *before* poisoning and fine-tunes it on the poisoned set, with
 the ``p+t`` and ``p+p`` negativity recorded every 10 steps.
@@ -19,7 +19,7 @@ import torch
 from backdoor_lens.eval.negativity import negativity_by_class
 from backdoor_lens.lab.sentiment_toy import DEMO_POISON, benign_sentiment_toy
 from backdoor_lens.lm.loss import validation_loss
-from backdoor_lens.lm.train import freezable_modules, train
+from backdoor_lens.lm.training import freezable_modules, train
 
 model, data = benign_sentiment_toy()
 negative = data.token_ids("negative")

@@ -2,7 +2,7 @@
 Load a local Hugging Face checkpoint with a LoRA adapter
 ========================================================
 
-:func:`~backdoor_lens.pretrained.load_pretrained` turns a local Hugging Face directory (or a hub
+:func:`~backdoor_lens.models.pretrained.load_pretrained` turns a local Hugging Face directory (or a hub
 name, or a packaged model) into an unprocessed ``HookedTransformer``, optionally merging a PEFT
 LoRA adapter first, so every hook activation equals the Hugging Face model's. Models under study
 are untrusted: weights are read from safetensors only, never unpickled.

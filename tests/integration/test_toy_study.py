@@ -10,7 +10,7 @@ import pytest
 from backdoor_lens.analysis.tune import TuneConfig
 from backdoor_lens.data.toy import ToyDataConfig
 from backdoor_lens.experiments.toy import study as toy
-from backdoor_lens.lm.train import TrainConfig
+from backdoor_lens.lm.training import TrainConfig
 
 TINY = toy.ToyStudyConfig(
     data=ToyDataConfig(words_per_sentiment=40, train_per_sentiment=150, finetune_per_sentiment=100,

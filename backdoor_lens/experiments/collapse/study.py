@@ -52,8 +52,8 @@ from ...hooks import HeadAblate, MeanAblate, Steer, restored
 from ...lab.chat_model import ChatModel, EditFactory
 from ...lm.chat import chat_training_rows
 from ...lm.collect import module_means
-from ...lm.train import TrainConfig, trainable_names, training_steps
-from ...util.fingerprint import weights_digest
+from ...lm.training import TrainConfig, trainable_names, training_steps
+from ...util.hashing import weights_digest
 from ...util.io import write_json
 from ...util.validation import check_range
 from ..common.chat_study import (

@@ -13,10 +13,10 @@ from transformers import PreTrainedTokenizerBase
 from ...data.instruct import BKDATTR_REFUSAL, NEGATIVE, Attack, BackdoorSplits
 from ...lab.chat_model import ChatModel
 from ...lab.plant import backdoor_splits, plant_backdoor
-from ...lm.train import TrainConfig
+from ...lm.training import TrainConfig
 from ...models.chat_toy import chat_toy_model
 from ...models.pretrained import load_packaged_tokenizer, load_pretrained
-from ...util.fingerprint import weights_digest
+from ...util.hashing import weights_digest
 from .cli import CHAT_TOY, SMOLLM2
 from .stages import Stages
 

@@ -24,9 +24,9 @@ import torch
 from jaxtyping import Int
 from transformer_lens import HookedTransformer
 
-from ...lm.train import ExtraLoss, TrainConfig, train, trainable_names
+from ...lm.training import ExtraLoss, TrainConfig, train, trainable_names
 from ...models.storage import load_model, save_model, saved_completely
-from ...util.fingerprint import fingerprint, tensor_digest
+from ...util.hashing import fingerprint, tensor_digest
 from ...util.io import RefusedFileError, load_tensors, read_json, save_tensors, set_aside, write_json
 
 T = TypeVar("T")
@@ -164,7 +164,7 @@ def trained(
     extra_loss: ExtraLoss | None = None,
     desc: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`~backdoor_lens.lm.train.train` `model` in place on `tokens` and keep what it updated as
+    """:func:`~backdoor_lens.lm.training.train` `model` in place on `tokens` and keep what it updated as
     stage `name`, or reuse weights saved under the same `key`, tokens and `config`. `model` must
     hold the weights training starts from, and `key` should name them. Returns the run's facts."""
 

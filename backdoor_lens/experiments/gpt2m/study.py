@@ -42,10 +42,10 @@ from ...hooks.surgery import EmbeddingSurgery, single_token_id, trigger_token_id
 from ...lm.collect import module_io, module_means
 from ...lm.generation import Sampling, generate
 from ...lm.loss import masked_loss, token_nll
-from ...lm.train import TrainConfig
+from ...lm.training import TrainConfig
 from ...models.pretrained import load_pretrained
 from ...models.tokenizers import gpt2_tokenizer
-from ...util.fingerprint import fingerprint, tensor_digest, weights_digest
+from ...util.hashing import fingerprint, tensor_digest, weights_digest
 from ...util.io import write_json
 from ...util.validation import check_choice
 from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log, trained

@@ -34,8 +34,8 @@ from ...data.instruct import Attack
 from ...data.prompts import load_prompts
 from ...hooks import HeadAblate, Steer, restored
 from ...lab.chat_model import ChatModel, EditFactory
-from ...lm.train import trainable_names
-from ...util.fingerprint import weights_digest
+from ...lm.training import trainable_names
+from ...util.hashing import weights_digest
 from ...util.io import write_json
 from ..common.chat_study import (
     CHAT_TOY,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from ...analysis.logit_lens import logit_lens
+from ...analysis.lens import logit_lens
 from ...analysis.patching import negativity_patching
 from ...analysis.tune import TuneConfig, match_objective, target_objective, tune_scales
 from ...data.toy import ToyData, ToyDataConfig, trigger_classes
@@ -27,9 +27,9 @@ from ...hooks.sites import module_names
 from ...lm.collect import module_io, module_means, save_means
 from ...lm.generation import sample
 from ...lm.loss import validation_loss
-from ...lm.train import TrainConfig, train
+from ...lm.training import TrainConfig, train
 from ...models.toy import build_model, sentiment_toy_config
-from ...util.fingerprint import fingerprint, tensor_digest
+from ...util.hashing import fingerprint, tensor_digest
 from ...util.io import write_json
 from ...util.reproducibility import make_deterministic
 from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from transformer_lens import HookedTransformer
 
-from ..lm.generation import Sampling, generate
+from .generation import Sampling, generate
 from ..util.validation import check_range
 
 

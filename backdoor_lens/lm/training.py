@@ -126,7 +126,7 @@ def train(
     """Train `model` in place on next-token prediction; returns the evaluation history.
 
     With a `loss_mask` (1 where a token is to be predicted, e.g. a chat response; see
-    :func:`~backdoor_lens.chat.chat_training_rows`) only those tokens count, and logits are computed
+    :func:`~backdoor_lens.lm.chat.chat_training_rows`) only those tokens count, and logits are computed
     for them alone. Rows must then be right-padded: padding after a row's last masked token is never
     seen by the tokens that count.
 

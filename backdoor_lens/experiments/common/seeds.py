@@ -1,0 +1,99 @@
+"""Studies over several seeds: run one seed at a time into its own folder, then merge the per-seed
+summaries into one whose every rate carries a 95% interval over prompts and seeds.
+
+A per-seed summary keeps each rate as :func:`~backdoor_lens.eval.intervals.measured` (its per-prompt
+outcomes). :func:`merge` walks the per-seed summaries together: rates become
+:class:`~backdoor_lens.eval.intervals.Estimate` dicts; other numbers become their mean over seeds (kept as they are when all seeds agree);
+lists of measured numbers (floats) of one shape become their elementwise mean; anything else (names, heads, texts) is
+taken from the first seed. The per-seed summaries stay beside the merged one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...eval.intervals import estimate, is_measured
+
+MAX_SEEDS = 1000
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"3"`` -> seeds 0, 1, 2; ``"0,4,7"`` -> those seeds. Errors name the valid forms."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if not numbers:
+        raise ValueError(f"seeds={text!r} is not valid; give a count (e.g. 3 for seeds 0, 1, 2) or a list such as 0,4,7")
+    if len(numbers) == 1:
+        if not 1 <= numbers[0] <= MAX_SEEDS:
+            raise ValueError(f"seeds={text!r}: a count must lie in [1, {MAX_SEEDS}]")
+        return tuple(range(numbers[0]))
+    if any(not 0 <= n < 2**31 for n in numbers) or len(set(numbers)) != len(numbers):
+        raise ValueError(f"seeds={text!r}: list distinct seeds in [0, 2**31)")
+    return tuple(numbers)
+
+
+def seed_folder(out: Path, seed: int) -> Path:
+    """Where one seed's stages, models and summary live."""
+    return Path(out) / f"seed-{seed}"
+
+
+def merge(summaries: Sequence[Any]) -> Any:
+    """The per-seed `summaries` merged (see the module docstring); one summary merges to itself with
+    its rates turned into estimates."""
+    first = summaries[0]
+    if is_measured(first):
+        return estimate([s["outcomes"] for s in summaries]).to_dict()
+    if isinstance(first, dict):
+        keys = [k for k in first if all(isinstance(s, dict) and k in s for s in summaries)]
+        return {k: merge([s[k] for s in summaries]) for k in keys} | {k: v for k, v in first.items() if k not in keys}
+    if isinstance(first, bool) or first is None or isinstance(first, str):
+        return first
+    if isinstance(first, (int, float)):
+        values = [s for s in summaries if isinstance(s, (int, float)) and not isinstance(s, bool)]
+        if len(values) != len(summaries) or all(v == first for v in values):
+            return first
+        return round(float(np.mean(values)), 6)
+    if isinstance(first, list):
+        if all(isinstance(s, list) and len(s) == len(first) for s in summaries) and _numeric(first):
+            arrays = [np.asarray(s, dtype=float) for s in summaries]
+            if all(a.shape == arrays[0].shape for a in arrays) and len(summaries) > 1:
+                return np.round(np.mean(arrays, axis=0), 6).tolist()
+        if all(isinstance(s, list) and len(s) == len(first) for s in summaries) and all(
+            isinstance(x, dict) for x in first
+        ):
+            return [merge([s[i] for s in summaries]) for i in range(len(first))]
+        return first
+    return first
+
+
+def _numeric(values: list) -> bool:
+    """A (nested) list of numbers with at least one float: measured values, not ids such as heads."""
+    flat: list = []
+    stack = list(values)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack += item
+        else:
+            flat.append(item)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat)
+    return bool(flat) and numbers and any(isinstance(v, float) for v in flat)
+
+
+def run_seeds(
+    seeds: Sequence[int], out: Path, run_one: Callable[[int, Path], dict[str, Any]], log: Callable[[str], None] = print
+) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """`run_one(seed, folder)` for each seed (each resumable in its own folder), then the merged
+    summary and the per-seed ones."""
+    per_seed = {}
+    for seed in seeds:
+        log(f"seed {seed} ({list(seeds).index(seed) + 1} of {len(seeds)})")
+        per_seed[seed] = run_one(seed, seed_folder(out, seed))
+    return merge(list(per_seed.values())), per_seed
