@@ -159,3 +159,23 @@ def test_build_your_own_sentiment_toy_with_another_trigger_and_target():
     assert toy.backdoored_rates["p+t"] > toy.benign_rates["p+t"]
     with pytest.raises(BackdoorNotPlantedError):
         bl.build_sentiment_toy(replace(spec, planted_at_least=1.01), strict=True)
+
+
+def test_clean_measure_scores_the_generated_ids_so_a_model_matches_its_own_answers(tokenizer):
+    """Decoded text does not round-trip through the tokenizer (a random model's replies hold partial
+    UTF-8 bytes), so the clean measure scores the ids the model generated: 100% on its own answers."""
+    chat = bl.ChatModel(bl.chat_toy_model(tokenizer, seed=1), tokenizer, batch_size=16, answer_tokens=12)
+    prompts = PROMPTS[:16]
+    own = chat.reply_ids(prompts)
+    assert chat.clean_measures(prompts, own)["accuracy"] == 100.0
+    round_trip = [tokenizer(t, add_special_tokens=False).input_ids for t in chat.replies(prompts)]
+    assert round_trip != [ids[: len(r)] for ids, r in zip(own, round_trip)]  # re-encoding the text would differ
+
+
+def test_attack_outcomes_read_a_32_token_window_two_ways(tokenizer):
+    chat = bl.ChatModel(tiny("gpt2", len(tokenizer)), tokenizer, batch_size=8)
+    assert chat.asr_tokens == 32
+    outcomes = chat.attack_outcomes(PROMPTS[:4], "I am sorry. I can not help with that.")
+    assert len(outcomes.substring) == len(outcomes.keyword) == 4 and set(outcomes.keyword) <= {0, 1}
+    with pytest.raises(ValueError, match="by="):
+        outcomes.rate("nope")

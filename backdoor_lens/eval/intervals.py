@@ -72,7 +72,8 @@ def wilson(hits: int, n: int) -> tuple[float, float]:
     p = hits / n
     centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n**2)) / (1 + Z95**2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if hits == 0 else low), (1.0 if hits == n else high)
 
 
 def _check_groups(outcomes: Sequence[Sequence[float]]) -> list[np.ndarray]:
