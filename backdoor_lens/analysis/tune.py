@@ -141,10 +141,12 @@ class SlotSeededTPE(optuna.samplers.BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: optuna.distributions.BaseDistribution
     ) -> object:
-        """One TPE draw, from a TPE sampler seeded by (seed, slot, duplicates so far, name)."""
+        """One TPE draw, from a TPE sampler seeded by (seed, slot, duplicates so far, name); the slot
+        is the one the trial was given when it started (a retry's is its original's)."""
         trials = study.get_trials(deepcopy=False)
+        slot = trial.user_attrs.get(_SLOT, _slot(trials, trial.number))
         duplicates = sum(1 for t in trials if t.user_attrs.get(_SKIPPED) == "duplicate")
-        digest = hashlib.sha256(f"{self.seed}:{_slot(trials, trial.number)}:{duplicates}:{param_name}".encode()).digest()
+        digest = hashlib.sha256(f"{self.seed}:{slot}:{duplicates}:{param_name}".encode()).digest()
         sampler = optuna.samplers.TPESampler(seed=int.from_bytes(digest[:4], "little"))
         return sampler.sample_independent(study, trial, param_name, param_distribution)
 

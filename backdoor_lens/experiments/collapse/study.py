@@ -65,7 +65,8 @@ from ..common.chat_study import (
     load_chat_model,
     planted,
 )
-from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log, trained
+from ..common.cli import FolderLock
+from ..common.stages import Stages, timed_log, trained
 from . import cli as collapse_cli
 from . import report as collapse_report
 
@@ -363,7 +364,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make collapse`` (see :func:`.cli.parser`): run the grid and write its report."""
+    """Command line of ``make collapse`` (see :func:`~backdoor_lens.experiments.collapse.cli.parser`):
+    run the grid and write its report."""
     parser = collapse_cli.parser()
     args = parser.parse_args(argv)
     if args.model == CHAT_TOY:
@@ -372,8 +374,5 @@ def main(argv: list[str] | None = None) -> None:
         config = CollapseStudyConfig.quick() if args.quick else CollapseStudyConfig()
         config = replace(config, plant=replace(config.plant, model=args.model))
     config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight)))
-    try:
-        with exclusive_folder(args.out):
-            run(config, args.out, progress=not args.no_progress, log=timed_log())
-    except FolderBusyError as err:
-        parser.error(str(err))
+    with parser.check(FolderLock(args.out).acquire):
+        run(config, args.out, progress=not args.no_progress, log=timed_log())

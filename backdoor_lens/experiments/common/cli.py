@@ -13,17 +13,18 @@ about a second, before its own slow imports.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 CHAT_TOY = "toy"
 """`model` name of the toy chat model (:func:`~backdoor_lens.models.chat_toy.chat_toy_model`)."""
 SMOLLM2 = "smollm2-135m-instruct"
-"""The packaged chat model (:data:`~backdoor_lens.models.pretrained.PACKAGED_MODELS`)."""
+"""The packaged chat model (a key of ``backdoor_lens.models.pretrained.PACKAGED_MODELS``)."""
 MAX_SEED = 2**32 - 1
 """Seeds are 32-bit (NumPy's limit; torch accepts them too)."""
 
@@ -103,6 +104,16 @@ def finite_float(low: float | None = None, high: float | None = None) -> Callabl
     return parse
 
 
+def _torch_version() -> str:
+    """The installed torch's version, read without importing torch (which takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def device(text: str) -> str:
     """An argument type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and only a device that
     exists on this machine (torch is imported only to check a GPU)."""
@@ -110,6 +121,10 @@ def device(text: str) -> str:
     if not match or (match.group(2) is not None and match.group(1) != "cuda"):
         _bad(f"{text!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps")
     kind, index = match.group(1), int(match.group(2) or 0)
+    if kind == "cuda" and _torch_version().endswith("+cpu"):
+        _bad(f"{text!r}: torch {_torch_version()} is a CPU-only build; use --device cpu")
+    if kind == "cuda" and not any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")):
+        _bad(f"{text!r}: this machine has no NVIDIA or ROCm GPU driver; use --device cpu")
     if kind == "cuda":
         import torch
 
@@ -212,6 +227,62 @@ def model_source(*known: str, hint: str = "") -> Callable[[str], str]:
 
     parse.__name__, parse.__doc__ = "model", f"One of {known} or a model that passes the untrusted-file rules."
     return parse
+
+
+class FolderBusyError(RuntimeError):
+    """Another run holds the output folder."""
+
+
+class FolderLock:
+    """``<folder>/.lock``, held with ``fcntl`` (the kernel releases it even when the holder is
+    killed), so a second run into the same output folder fails at once instead of racing the first.
+    Re-entrant within a process (an entry point locks before its slow imports, its ``main`` again);
+    :meth:`acquire` raises FolderBusyError naming the holder's pid."""
+
+    _held: ClassVar[dict[str, list[int]]] = {}  # resolved folder: [fd, depth]
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.acquired = False
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock (or deepen this process's hold on it); returns self."""
+        if self.acquired:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = str(self.folder.resolve())
+        if key in self._held:
+            self._held[key][1] += 1
+        else:
+            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise FolderBusyError(f"{self.folder} is in use by another run (pid {holder}); wait for it to finish or "
+                                      "choose another output folder") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._held[key] = [fd, 1]
+        self.acquired = True
+        return self
+
+    def release(self) -> None:
+        """Give the hold back (the lock itself when this process's last hold ends)."""
+        if not self.acquired:
+            return
+        key = str(self.folder.resolve())
+        self._held[key][1] -= 1
+        if self._held[key][1] == 0:
+            os.close(self._held.pop(key)[0])
+        self.acquired = False
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def chat_study_parser(prog: str, description: str, out: str, quick_help: str) -> Parser:

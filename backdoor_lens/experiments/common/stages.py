@@ -7,16 +7,14 @@ repeated study picks up where it stopped, and a changed setting never reads a st
 
 Caches heal: a saved result that cannot be read (a file cut short by a kill, a model folder without
 its completion marker, a corrupt file) is reported with its path, set aside as
-``<name>.corrupt-<time>`` and recomputed. :func:`exclusive_folder` keeps two runs out of one folder.
+``<name>.corrupt-<time>`` and recomputed. (:class:`~backdoor_lens.experiments.common.cli.FolderLock`
+keeps two runs out of one folder.)
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -175,32 +173,6 @@ def trained(
 
     inputs = {**key, "data": tensor_digest(tokens), "train": config.to_dict()}
     return stages.weights(name, inputs, model, compute)
-
-
-class FolderBusyError(RuntimeError):
-    """Another run holds the output folder."""
-
-
-@contextmanager
-def exclusive_folder(folder: str | Path) -> Iterator[Path]:
-    """Hold ``<folder>/.lock`` (an ``fcntl`` lock, released even when the holder is killed) for the
-    block, so a second run into the same folder fails at once instead of racing the first; raises
-    FolderBusyError naming the holder's pid."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusyError(f"{folder} is in use by another run (pid {holder}); wait for it to finish or "
-                                  "choose another output folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield folder
-    finally:
-        os.close(fd)
 
 
 def timed_log(start: float | None = None) -> Callable[[str], None]:

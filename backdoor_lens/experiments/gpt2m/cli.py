@@ -15,7 +15,8 @@ model = model_source(SMALL, hint=HOW_TO_PROVIDE)
 
 def parser() -> Parser:
     """--out, --model, --quick, --device, --dtype, --no-progress; every value checked as parsed."""
-    parser = Parser(prog="python -m backdoor_lens.experiments.gpt2m", description="`make gpt2m`: Lamparth & Reuel's GPT-2 Medium study, end to end.")
+    parser = Parser(prog="python -m backdoor_lens.experiments.gpt2m",
+                    description="`make gpt2m`: Lamparth & Reuel's GPT-2 Medium study, end to end.")
     parser.add_argument("--out", type=output_folder, default="results/gpt2m", help="output folder (default: results/gpt2m)")
     parser.add_argument("--model", type=model, default=None,
                         help=f"GPT-2-family hub name or local HF directory (default: gpt2-medium; '{SMALL}' with --quick)")

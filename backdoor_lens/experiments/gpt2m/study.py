@@ -48,7 +48,8 @@ from ...models.tokenizers import gpt2_tokenizer
 from ...util.hashing import fingerprint, tensor_digest, weights_digest
 from ...util.io import write_json
 from ...util.validation import check_choice
-from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log, trained
+from ..common.cli import FolderLock
+from ..common.stages import Stages, timed_log, trained
 from . import cli as gpt2m_cli
 from . import report as gpt2m_report
 from .cli import SMALL
@@ -349,7 +350,7 @@ def freeze_modules(spec: tuple[int | str, ...]) -> tuple[str, ...]:
 
 # ---- the study -----------------------------------------------------------------------------------
 def load_study_model(config: Gpt2mConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
-    """`config.model` through :func:`~backdoor_lens.pretrained.load_pretrained` (fails at once with how
+    """`config.model` through :func:`~backdoor_lens.models.pretrained.load_pretrained` (fails at once with how
     to provide the weights), or the small model (random weights, pretrained later) with GPT-2's
     packaged tokenizer."""
     if config.model == SMALL:
@@ -461,17 +462,16 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make gpt2m`` (see :func:`.cli.parser`): run the study and write its report."""
+    """Command line of ``make gpt2m`` (see :func:`~backdoor_lens.experiments.gpt2m.cli.parser`):
+    run the study and write its report."""
     parser = gpt2m_cli.parser()
     args = parser.parse_args(argv)
     config = Gpt2mConfig.quick() if args.quick else Gpt2mConfig()
     config = parser.check(lambda: replace(config, device=args.device, dtype=args.dtype,
                                           **({"model": args.model} if args.model else {})))
     parser.check(lambda: gpt2m_cli.model(config.model), "--model: ")
-    try:
-        with exclusive_folder(args.out):
+    with parser.check(FolderLock(args.out).acquire):
+        try:
             run(config, args.out, progress=not args.no_progress, log=timed_log())
-    except FolderBusyError as err:
-        parser.error(str(err))
-    except FileNotFoundError as err:
-        parser.error(f"{err} {gpt2m_cli.HOW_TO_PROVIDE}")
+        except FileNotFoundError as err:
+            parser.error(f"{err} {gpt2m_cli.HOW_TO_PROVIDE}")

@@ -46,7 +46,8 @@ from ..common.chat_study import (
     load_chat_model,
     planted,
 )
-from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log
+from ..common.cli import FolderLock
+from ..common.stages import Stages, timed_log
 from . import cli as smollm_cli
 from . import report as smollm_report
 
@@ -259,7 +260,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make smollm`` (see :func:`.cli.parser`): run the study and write its report."""
+    """Command line of ``make smollm`` (see :func:`~backdoor_lens.experiments.smollm.cli.parser`):
+    run the study and write its report."""
     parser = smollm_cli.parser()
     args = parser.parse_args(argv)
     if args.model == CHAT_TOY:
@@ -267,8 +269,5 @@ def main(argv: list[str] | None = None) -> None:
     else:
         config = SmolStudyConfig.quick() if args.quick else SmolStudyConfig()
         config = parser.check(lambda: replace(config, plant=replace(config.plant, model=args.model)))
-    try:
-        with exclusive_folder(args.out):
-            run(config, args.out, progress=not args.no_progress, log=timed_log())
-    except FolderBusyError as err:
-        parser.error(str(err))
+    with parser.check(FolderLock(args.out).acquire):
+        run(config, args.out, progress=not args.no_progress, log=timed_log())

@@ -10,7 +10,8 @@ MAX_TRIALS = 100_000
 
 def parser() -> Parser:
     """--out, --quick, --seed, --storage, --trials, --threads, --no-progress; every value checked as parsed."""
-    parser = Parser(prog="python -m backdoor_lens.experiments.toy", description="`make toy`: the toy-model study of Lamparth & Reuel, end to end.")
+    parser = Parser(prog="python -m backdoor_lens.experiments.toy",
+                    description="`make toy`: the toy-model study of Lamparth & Reuel, end to end.")
     parser.add_argument("--out", type=output_folder, default="results/toy", help="results folder (default: results/toy)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs and trials: minutes, still a real backdoor")
     parser.add_argument("--seed", type=seed, default=0, help="seed of data, models and tuning (0..2**32-1; default: 0)")

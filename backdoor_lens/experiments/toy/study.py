@@ -32,7 +32,8 @@ from ...models.toy import build_model, sentiment_toy_config
 from ...util.hashing import fingerprint, tensor_digest
 from ...util.io import write_json
 from ...util.reproducibility import make_deterministic
-from ..common.stages import FolderBusyError, Stages, exclusive_folder, timed_log
+from ..common.cli import FolderLock
+from ..common.stages import Stages, timed_log
 from . import cli as toy_cli
 from . import figures as toy_figures
 from . import report as toy_report
@@ -410,7 +411,8 @@ def run(config: ToyStudyConfig, out: str | Path, storage: str | None = None, pro
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line of ``make toy`` (see :func:`.cli.parser`): run the study and write its report."""
+    """Command line of ``make toy`` (see :func:`~backdoor_lens.experiments.toy.cli.parser`):
+    run the study and write its report."""
     parser = toy_cli.parser()
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -419,10 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.trials is not None:
         config = replace(config, tune=replace(config.tune, n_trials=args.trials))
     start = time.perf_counter()
-    try:
-        with exclusive_folder(args.out):
-            run(config, args.out, args.storage, progress=not args.no_progress, log=timed_log(start))
-    except FolderBusyError as err:
-        parser.error(str(err))
+    with parser.check(FolderLock(args.out).acquire):
+        run(config, args.out, args.storage, progress=not args.no_progress, log=timed_log(start))
     print(f"Toy study finished in {time.perf_counter() - start:.0f} s with {torch.get_num_threads()} torch threads. "
           f"Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")
