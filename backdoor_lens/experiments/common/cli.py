@@ -222,7 +222,7 @@ def model_source(*known: str, hint: str = "") -> Callable[[str], str]:
             try:
                 check_source(text)
             except (ValueError, OSError) as err:
-                _bad(f"{err} Known names: {', '.join(known)}. {hint}")
+                _bad(f"{str(err).rstrip('.')}. Known names: {', '.join(known)}. {hint}")
         return text
 
     parse.__name__, parse.__doc__ = "model", f"One of {known} or a model that passes the untrusted-file rules."
