@@ -58,7 +58,7 @@ from ..util.validation import check_range
 
 Objective = Callable[[Float[torch.Tensor, " rank"]], float]
 MAX_RETRIES = 3
-_WORKER, _SLOT, _SKIPPED = "worker", "slot", "skipped"
+_WORKER, _SLOT, _ROUND, _SKIPPED = "worker", "slot", "round", "skipped"
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,11 @@ def _released(trials: Sequence[FrozenTrial]) -> set[int]:
     return _retried(trials) | skipped
 
 
+def _duplicates(trials: Sequence[FrozenTrial]) -> int:
+    """How many trials were skipped as duplicates (only ever in a race between workers)."""
+    return sum(1 for t in trials if t.user_attrs.get(_SKIPPED) == "duplicate")
+
+
 def _slot(trials: Sequence[FrozenTrial], number: int) -> int:
     """The slot of trial `number`: its index among the trials that hold one."""
     released = _released(trials)
@@ -143,9 +148,11 @@ class SlotSeededTPE(optuna.samplers.BaseSampler):
     ) -> object:
         """One TPE draw, from a TPE sampler seeded by (seed, slot, duplicates so far, name); the slot
         is the one the trial was given when it started (a retry's is its original's)."""
-        trials = study.get_trials(deepcopy=False)
-        slot = trial.user_attrs.get(_SLOT, _slot(trials, trial.number))
-        duplicates = sum(1 for t in trials if t.user_attrs.get(_SKIPPED) == "duplicate")
+        if _SLOT in trial.user_attrs:  # recorded by tune_scales when the trial started
+            slot, duplicates = trial.user_attrs[_SLOT], trial.user_attrs.get(_ROUND, 0)
+        else:
+            trials = study.get_trials(deepcopy=False)
+            slot, duplicates = _slot(trials, trial.number), _duplicates(trials)
         digest = hashlib.sha256(f"{self.seed}:{slot}:{duplicates}:{param_name}".encode()).digest()
         sampler = optuna.samplers.TPESampler(seed=int.from_bytes(digest[:4], "little"))
         return sampler.sample_independent(study, trial, param_name, param_distribution)
@@ -308,9 +315,12 @@ def tune_scales(
         ]
 
     def run_trial(trial: optuna.Trial) -> float:
+        trials = study.get_trials(deepcopy=False)
         slot = trial.user_attrs.get(_SLOT)  # a retry keeps the slot of the trial it retries
         if slot is None:
-            slot = _slot(study.get_trials(deepcopy=False), trial.number)
+            slot = _slot(trials, trial.number)
+        if duplicates := _duplicates(trials):
+            trial.set_user_attr(_ROUND, duplicates)
         if slot >= config.n_trials:
             trial.set_user_attr(_SKIPPED, "surplus")
             raise _Skipped("surplus")
