@@ -9,10 +9,12 @@ the backdoor target (:func:`~backdoor_lens.analysis.scoring.target_score`).
 Three routes compute the same [n_layers, n_heads] table:
 
 - ``reference``: one forward pass per head (the authors' loop); the oracle.
-- ``fast``: exact. A patch at layer l changes only ``resid_mid[l]`` at p and what comes after p, so
-  from one cached clean run it recomputes layer l's MLP at p alone, then runs only the positions
-  from p on from layer l + 1 (``start_at_layer`` with the clean keys and values of the earlier
-  positions as a frozen cache), for all heads of the layer in one stacked batch.
+- ``fast``: exact. A patch at p changes nothing before p, so from one clean run it reruns only the
+  positions from p on, attending to the clean keys and values of the earlier positions, for all
+  heads of a layer in one stacked batch. On a HookedTransformer the rerun starts at layer l + 1
+  (``start_at_layer``, after recomputing layer l's MLP at p); a TransformerBridge, whose forward
+  belongs to Hugging Face, reruns every layer on those positions with the patch added by a hook,
+  through a Hugging Face key/value cache (:class:`~backdoor_lens.lm.kv_cache.KVCache`).
 - ``attribution``: attribution patching (AtP), all heads from one forward and one backward pass,
   optionally with AtP*'s GradDrop.
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import (
     TransformerLensKeyValueCacheEntry,
@@ -29,31 +30,34 @@ from transformer_lens.cache.key_value_cache_entry import (
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from ..lm.kv_cache import KVCache
 from ..lm.logits import final_logits
 from ..lm.rows import TargetBatch
+from ..models.protocol import HookedModel, is_bridge
 from ..util.validation import check_choice, check_finite, check_range
 from .scoring import score_at_positions, target_score
 
 METHODS = ("reference", "fast", "attribution")
 
 
-def _forward(model: HookedTransformer, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+def _forward(model: HookedModel, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
     """Logits without an attention mask: right padding needs none (see scoring), and a tokenizer set
     to left padding would otherwise add one, shifting rotary positions relative to ``start_at_layer``."""
     return model(tokens, padding_side="right", **kwargs)
 
 
-def _check_model(model: HookedTransformer) -> None:
+def _check_model(model: HookedModel) -> None:
     """Head outputs add up to ``hook_attn_out`` only without a norm between the heads and that hook."""
     cfg = model.cfg
-    if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
+    architecture = getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None)
+    if getattr(cfg, "use_normalization_before_and_after", False) or architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(
-            f"model ({cfg.original_architecture or cfg.model_name}) normalises the attention output before "
+            f"model ({architecture or cfg.model_name}) normalises the attention output before "
             "hook_attn_out, so head outputs are not additive there; BAHA needs a pre-norm model"
         )
 
 
-def _prepare(model: HookedTransformer, batch: TargetBatch, head_mu: torch.Tensor | None = None) -> TargetBatch:
+def _prepare(model: HookedModel, batch: TargetBatch, head_mu: torch.Tensor | None = None) -> TargetBatch:
     """Check the model, the batch and `head_mu`; return the batch on the model's device."""
     _check_model(model)
     batch.check_fits(model)
@@ -62,15 +66,20 @@ def _prepare(model: HookedTransformer, batch: TargetBatch, head_mu: torch.Tensor
         if tuple(head_mu.shape) != expected:
             raise ValueError(f"head_mu has shape {tuple(head_mu.shape)}; expected {expected} (n_layers, n_heads, d_model)")
         check_finite("head_mu", head_mu)
-    return batch.to(model.W_O.device)
+    return batch.to(model.cfg.device)
 
 
-def _z_names(model: HookedTransformer) -> list[str]:
+def _z_names(model: HookedModel) -> list[str]:
     return [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
 
 
+def _W_O(model: HookedModel, layer: int) -> Float[torch.Tensor, "n_heads d_head d_model"]:
+    """Layer `layer`'s output weights per head (on that layer's device, with a device map)."""
+    return model.blocks[layer].attn.W_O
+
+
 @torch.no_grad()
-def head_z_means(model: HookedTransformer, triggered: TargetBatch) -> Float[torch.Tensor, "n_layers n_heads d_head"]:
+def head_z_means(model: HookedModel, triggered: TargetBatch) -> Float[torch.Tensor, "n_layers n_heads d_head"]:
     """Mean of every head's ``z`` at each row's last prompt token, over `triggered` inputs (the
     values :class:`~backdoor_lens.hooks.heads.HeadAblate` uses in mode "mean")."""
     triggered = _prepare(model, triggered)
@@ -78,29 +87,34 @@ def head_z_means(model: HookedTransformer, triggered: TargetBatch) -> Float[torc
     _, cache = model.run_with_cache(
         triggered.tokens, names_filter=lambda n: n in names, return_type=None, padding_side="right"
     )
-    rows = torch.arange(len(triggered), device=triggered.tokens.device)
-    return torch.stack([cache[n][rows, triggered.prompt_end].double().mean(0).float() for n in names])
+    device = triggered.tokens.device
+    rows = torch.arange(len(triggered), device=device)
+    return torch.stack([cache[n].to(device)[rows, triggered.prompt_end].double().mean(0).float() for n in names])
 
 
 @torch.no_grad()
-def head_means(model: HookedTransformer, triggered: TargetBatch) -> Float[torch.Tensor, "n_layers n_heads d_model"]:
+def head_means(model: HookedModel, triggered: TargetBatch) -> Float[torch.Tensor, "n_layers n_heads d_model"]:
     """``mu_lj``: the mean head output ``z @ W_O`` at the last prompt token over `triggered` inputs
     (the mean of z times W_O, since a head's output is linear in its z)."""
     z = head_z_means(model, triggered)
-    return torch.einsum("lhd,lhdm->lhm", z.to(model.W_O.dtype), model.W_O)
+    return torch.stack([
+        torch.einsum("hd,hdm->hm", z[layer].to(_W_O(model, layer)), _W_O(model, layer)).to(z.device)
+        for layer in range(model.cfg.n_layers)
+    ])
 
 
 def _deltas(
-    model: HookedTransformer, layer: int, z_at_p: Float[torch.Tensor, "batch n_heads d_head"], head_mu: torch.Tensor
+    model: HookedModel, layer: int, z_at_p: Float[torch.Tensor, "batch n_heads d_head"], head_mu: torch.Tensor
 ) -> Float[torch.Tensor, "n_heads batch d_model"]:
     """``mu_lj - h_lj(x)`` for every head of `layer` and every row."""
-    h = torch.einsum("bhd,hdm->hbm", z_at_p, model.W_O[layer])
-    return head_mu[layer, :, None].to(h.dtype) - h
+    w_o = _W_O(model, layer)
+    h = torch.einsum("bhd,hdm->hbm", z_at_p.to(w_o.device), w_o)
+    return head_mu[layer, :, None].to(h) - h
 
 
 @torch.no_grad()
 def baha_reference(
-    model: HookedTransformer, clean: TargetBatch, head_mu: Float[torch.Tensor, "n_layers n_heads d_model"]
+    model: HookedModel, clean: TargetBatch, head_mu: Float[torch.Tensor, "n_layers n_heads d_model"]
 ) -> Float[torch.Tensor, "n_layers n_heads"]:
     """CIE by the authors' loop: one hooked forward pass per head."""
     clean = _prepare(model, clean, head_mu)
@@ -110,12 +124,13 @@ def baha_reference(
     rows, p = torch.arange(len(clean), device=clean.tokens.device), clean.prompt_end
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
-        deltas = _deltas(model, layer, cache[names[layer]][rows, p], head_mu)
+        z = cache[names[layer]]
+        deltas = _deltas(model, layer, z[rows.to(z.device), p.to(z.device)], head_mu)
         for head in range(model.cfg.n_heads):
 
             def add_delta(act: torch.Tensor, hook: HookPoint, delta: torch.Tensor = deltas[head]) -> torch.Tensor:
                 act = act.clone()
-                act[rows, p] += delta
+                act[rows.to(act.device), p.to(act.device)] += delta.to(act)
                 return act
 
             with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", add_delta)]):
@@ -125,7 +140,7 @@ def baha_reference(
 
 
 def _patched_resid_post(
-    model: HookedTransformer, layer: int, cache, rows: torch.Tensor, p: torch.Tensor, deltas: torch.Tensor
+    model: HookedModel, layer: int, cache, rows: torch.Tensor, p: torch.Tensor, deltas: torch.Tensor
 ) -> Float[torch.Tensor, "heads batch d_model"]:
     """``resid_post[layer]`` at p after adding each delta to the attention output there: only the
     MLP at p sees the change (attention and norms of other positions do not)."""
@@ -136,7 +151,7 @@ def _patched_resid_post(
     return mid + block.apply_mlp(block.ln2(mid))  # position-wise: [heads, batch] act as [batch, pos]
 
 
-def _logits_at(model: HookedTransformer, resid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def _logits_at(model: HookedModel, resid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The final norm, unembedding and soft-cap of `resid` ([batch, pos, d_model]) at `positions`
     ([batch, k]) only: [batch, k, d_vocab], without the full [batch, pos, d_vocab] logits."""
     return final_logits(model, resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1])))
@@ -158,7 +173,7 @@ def _left_aligned(batch: TargetBatch) -> tuple[TargetBatch, torch.Tensor]:
 
 
 def _frozen_prefix_cache(
-    model: HookedTransformer, cache, layers: range, prefix: int, mask: torch.Tensor, copies: int
+    model: HookedModel, cache, layers: range, prefix: int, mask: torch.Tensor, copies: int
 ) -> TransformerLensKeyValueCache:
     """A frozen key/value cache holding the clean run's keys and values of the first `prefix`
     positions for `layers`, repeated for `copies` stacked copies of the batch."""
@@ -171,32 +186,30 @@ def _frozen_prefix_cache(
 
 @torch.no_grad()
 def baha_fast(
-    model: HookedTransformer,
+    model: HookedModel,
     clean: TargetBatch,
     head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
     batch_heads: int | None = None,
 ) -> Float[torch.Tensor, "n_layers n_heads"]:
-    """Exact CIE from one cached clean run plus, per layer, a short resumed pass for all its heads.
+    """Exact CIE from one cached clean run plus, per layer, short reruns of the positions from p on.
 
     A patch at the last prompt position p of layer l changes nothing before p (attention is causal)
     and nothing at p before layer l's MLP. So the rows are re-laid with left padding (every prompt
     ends at the same p), and for each layer the positions from p to the end of the target alone run
-    from layer l + 1, attending to the clean run's cached keys and values of the positions before p,
-    on up to `batch_heads` stacked copies of the batch (all heads of the layer when None). The
-    resumed passes cost about (target length + 1) / (sequence length) of full ones.
+    again, attending to the clean run's cached keys and values of the positions before p, on up to
+    `batch_heads` stacked copies of the batch (all heads of the layer when None). On a
+    HookedTransformer the rerun starts at layer l + 1, so it costs about (target length + 1) /
+    (sequence length) x (layers after l) / n_layers of a full pass; on a TransformerBridge it runs
+    every layer over those positions (about twice that), see :func:`baha_fast_cached`.
 
     Memory grows as batch_heads x batch x prompt length x n_layers for the cached keys and values.
     Hooks already on the model fire in the resumed passes, which see only the positions from p on.
     """
+    chunk = _fast_setup(model, clean, head_mu, batch_heads)
+    if is_bridge(model):
+        return baha_fast_cached(model, clean, head_mu, batch_heads)
     clean = _prepare(model, clean, head_mu)
     cfg = model.cfg
-    if cfg.positional_embedding_type in ("shortformer", "relative_positional_bias"):
-        raise ValueError(
-            f"method='fast' does not support {cfg.positional_embedding_type} positional embeddings; use method='reference'"
-        )
-    if batch_heads is not None and (not isinstance(batch_heads, int) or batch_heads < 1):
-        raise ValueError(f"batch_heads={batch_heads!r} must be a positive int (or None for all heads of a layer)")
-    chunk = batch_heads or cfg.n_heads
     aligned, mask = _left_aligned(clean)
     p = int(aligned.prompt_end[0])
     names = {f"blocks.{layer}.{hook}" for layer in range(cfg.n_layers) for hook in
@@ -225,8 +238,81 @@ def baha_fast(
     return out
 
 
+def _fast_setup(model: HookedModel, clean: TargetBatch, head_mu: torch.Tensor, batch_heads: int | None) -> int:
+    """Check the arguments of the exact routes; return how many heads run in one stacked batch."""
+    cfg = model.cfg
+    if cfg.positional_embedding_type in ("shortformer", "relative_positional_bias"):
+        raise ValueError(
+            f"method='fast' does not support {cfg.positional_embedding_type} positional embeddings; use method='reference'"
+        )
+    if batch_heads is not None and (not isinstance(batch_heads, int) or isinstance(batch_heads, bool) or batch_heads < 1):
+        raise ValueError(f"batch_heads={batch_heads!r} must be a positive int (or None for all heads of a layer)")
+    return batch_heads or cfg.n_heads
+
+
+@torch.no_grad()
+def baha_fast_cached(
+    model: HookedModel,
+    clean: TargetBatch,
+    head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
+    batch_heads: int | None = None,
+) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """Exact CIE on either backend through a key/value cache: the route :func:`baha_fast` takes on
+    a TransformerBridge, whose forward pass cannot start at a given layer.
+
+    One clean run of the left-aligned rows fills a :class:`~backdoor_lens.lm.kv_cache.KVCache` and
+    keeps every head's ``z`` at p. Then, per layer and up to `batch_heads` heads at a time, the
+    positions from p on run again through every layer, over copies of the cache's first p positions,
+    with ``mu_lj - h_lj(x)`` added to ``blocks.{l}.hook_attn_out`` at p by a hook: exactly the
+    reference patch, computed on the suffix alone.
+    """
+    chunk = _fast_setup(model, clean, head_mu, batch_heads)
+    clean = _prepare(model, clean, head_mu)
+    cfg = model.cfg
+    aligned, mask = _left_aligned(clean)
+    p = int(aligned.prompt_end[0])
+    z_at_p: dict[str, torch.Tensor] = {}
+
+    def keep_z(name: str):  # a bridge's hook.name is the hook point's own name, not this alias
+        def keep(z: torch.Tensor, hook: HookPoint) -> None:
+            z_at_p[name] = z[:, p].clone()
+
+        return keep
+
+    cache = KVCache(model, len(clean))
+    with model.hooks(fwd_hooks=[(name, keep_z(name)) for name in _z_names(model)]):
+        logits = cache.forward(aligned.tokens, mask)
+    base = score_at_positions(_gathered(logits, aligned.score_positions), aligned)
+    suffix = TargetBatch(aligned.tokens[:, p:], torch.zeros_like(aligned.prompt_end), aligned.target_len)
+    out = torch.zeros(cfg.n_layers, cfg.n_heads)
+    for layer, name in enumerate(_z_names(model)):
+        deltas = _deltas(model, layer, z_at_p[name], head_mu)
+        for start in range(0, cfg.n_heads, chunk):
+            add = deltas[start : start + chunk]  # [k, batch, d_model]; copy i * batch + b: head start + i, row b
+            k = add.shape[0]
+
+            def patch(act: torch.Tensor, hook: HookPoint, add: torch.Tensor = add.reshape(-1, cfg.d_model)) -> torch.Tensor:
+                act = act.clone()
+                act[:, 0] += add.to(act)
+                return act
+
+            rerun = cache.prefix_copies(p, k)
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", patch)]):
+                logits = rerun.forward(suffix.tokens.repeat(k, 1), mask[:, p:].repeat(k, 1))
+            stacked = TargetBatch(suffix.tokens.repeat(k, 1), suffix.prompt_end.repeat(k), suffix.target_len.repeat(k))
+            scores = score_at_positions(_gathered(logits, stacked.score_positions), stacked)
+            out[layer, start : start + k] = (scores.view(k, len(clean)) - base).mean(1).float().cpu()
+    return out
+
+
+def _gathered(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`logits` ([batch, pos, d_vocab]) at `positions` ([batch, k]): [batch, k, d_vocab]."""
+    positions = positions.to(logits.device)
+    return logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+
+
 def baha_attribution(
-    model: HookedTransformer,
+    model: HookedModel,
     clean: TargetBatch,
     head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
     grad_drop: bool = False,
@@ -256,17 +342,23 @@ def baha_attribution(
         """dP/d attn_out at p for every layer, with layer `dropped`'s gradient path cut, and the z's."""
         acts: dict[str, torch.Tensor] = {}
 
-        def keep(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-            acts[hook.name] = act if act.requires_grad else act.detach().requires_grad_()  # frozen weights
-            return acts[hook.name]
+        def keep(name: str):  # keyed by the name asked for: a bridge's hook.name is its hook point's own
+            def hook(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+                acts[name] = act if act.requires_grad else act.detach().requires_grad_()  # frozen weights
+                return acts[name]
+
+            return hook
 
         def detach(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
             return act.detach()
 
-        def store(act: torch.Tensor, hook: HookPoint) -> None:
-            acts[hook.name] = act.detach()
+        def store(name: str):
+            def hook(act: torch.Tensor, hook: HookPoint) -> None:
+                acts[name] = act.detach()
 
-        hooks = [(n, keep) for n in attn_names] + [(n, store) for n in z_names]
+            return hook
+
+        hooks = [(n, keep(n)) for n in attn_names] + [(n, store(n)) for n in z_names]
         if dropped is not None:
             cut = [f"blocks.{dropped}.hook_attn_out", f"blocks.{dropped}.hook_mlp_out"]
             hooks += [(n, detach) for n in cut if n in model.hook_dict]
@@ -294,7 +386,7 @@ def baha_attribution(
 
 
 def baha_scores(
-    model: HookedTransformer,
+    model: HookedModel,
     clean: TargetBatch,
     head_mu: Float[torch.Tensor, "n_layers n_heads d_model"],
     method: str = "fast",

@@ -1,4 +1,9 @@
-"""Logit lens per module: project single components (each head, each MLP) through ln_final and W_U."""
+"""Logit lens per module: project single components (each head, each MLP) through ln_final and W_U.
+
+The final norm is applied here, from the model's own ``ln_final``, so the weights need no folding: a
+TransformerBridge with Hugging Face's weights, the same bridge in compatibility mode (folded
+weights, ``load_pretrained(..., compatibility=True)``) and an unprocessed HookedTransformer give the
+same shares."""
 
 from __future__ import annotations
 
@@ -7,20 +12,20 @@ from collections.abc import Mapping
 import einops
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
 from ..eval.negativity import top_k_share
 from ..lm.collect import collect_activations
+from ..models.protocol import HookedModel
 
 
-def unembed(model: HookedTransformer, vectors: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
+def unembed(model: HookedModel, vectors: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
     """Logits a vector would give were it the final residual stream: ``ln_final(x) @ W_U + b_U``."""
     return model.ln_final(vectors[:, None, :])[:, 0] @ model.W_U + model.b_U
 
 
 @torch.no_grad()
 def component_outputs(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     position: int,
 ) -> dict[str, Float[torch.Tensor, "batch d_model"]]:
@@ -32,7 +37,8 @@ def component_outputs(
     out: dict[str, torch.Tensor] = {}
     for layer in range(model.cfg.n_layers):
         z = acts[f"blocks.{layer}.attn.hook_z"]
-        heads = einops.einsum(z, model.W_O[layer], "batch head d_head, head d_head d_model -> batch head d_model")
+        w_o = model.blocks[layer].attn.W_O
+        heads = einops.einsum(z.to(w_o), w_o, "batch head d_head, head d_head d_model -> batch head d_model")
         for head in range(model.cfg.n_heads):
             out[f"blocks.{layer}.attn.head{head}"] = heads[:, head]
         out[f"blocks.{layer}.mlp"] = acts[f"blocks.{layer}.hook_mlp_out"]
@@ -42,7 +48,7 @@ def component_outputs(
 
 @torch.no_grad()
 def logit_lens(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     class_ids: Mapping[str, Int[torch.Tensor, " words"]],
     position: int = -1,

@@ -18,10 +18,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from transformer_lens import HookedTransformer
 
 from ..hooks.positions import PerRow, Positions, as_positions, select, split_rows
 from ..lm.rows import batches, check_tokens
+from ..models.protocol import HookedModel
 from ..util.validation import check_finite, check_nonempty, check_range
 
 RESID_PRE = "blocks.{layer}.hook_resid_pre"
@@ -29,7 +29,7 @@ LN1_NORMALIZED = "blocks.{layer}.ln1.hook_normalized"
 PROBE_HOOKS = (RESID_PRE, LN1_NORMALIZED)
 
 
-def hook_names(model: HookedTransformer, hook: str, layers: Sequence[int]) -> list[str]:
+def hook_names(model: HookedModel, hook: str, layers: Sequence[int]) -> list[str]:
     """`hook` formatted for each layer; fails unless every name is a hook point of `model`."""
     names = [hook.format(layer=layer) for layer in layers] if "{layer}" in hook else []
     if not names or any(n not in model.hook_dict for n in names):
@@ -50,7 +50,7 @@ def last_token_positions(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[
 
 @torch.no_grad()
 def probe_features(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     positions: Positions | Int[torch.Tensor, " batch"] = -1,
     hook: str = RESID_PRE,
@@ -196,7 +196,7 @@ def fit_probes(
 
 
 def backdoor_probe(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     labels: Int[torch.Tensor, " batch"],
     positions: Positions | Int[torch.Tensor, " batch"] = -1,

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Int
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..data.instruct import PrefixTrigger, Trigger, WordTrigger
 from ..lm.chat import chat_training_rows
 from ..lm.training import ExtraLoss, TrainConfig, train
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
 
 KNOWN_TRIGGERS: tuple[Trigger, ...] = (
@@ -107,7 +107,7 @@ def recovery_rows(
 
 
 def inject_known(
-    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
     config: CollapseConfig, progress: bool = True,
 ) -> list[dict]:
     """Stage 1: fine-tune on :func:`known_trigger_rows` (response-only loss, plus the aggregation loss
@@ -125,7 +125,7 @@ def aggregation_loss(
     `layer` at its last prompt token and the batch's known-row centroid): pulls the known triggers'
     representations into one region, which Backdoor Collapse hopes the unknown trigger shares."""
 
-    def loss(model: HookedTransformer, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
+    def loss(model: HookedModel, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
         chosen = rows[known[rows]]
         if len(chosen) < 2:
             return torch.zeros((), device=model.cfg.device)
@@ -138,7 +138,7 @@ def aggregation_loss(
 
 
 def stage_one_extra_loss(
-    model: HookedTransformer, tokens: torch.Tensor, mask: torch.Tensor, known: torch.Tensor, config: CollapseConfig
+    model: HookedModel, tokens: torch.Tensor, mask: torch.Tensor, known: torch.Tensor, config: CollapseConfig
 ) -> ExtraLoss | None:
     """Stage 1's :func:`aggregation_loss` as configured, or None when its weight is 0."""
     if config.aggregation_weight == 0:
@@ -149,7 +149,7 @@ def stage_one_extra_loss(
 
 
 def recover(
-    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
     config: CollapseConfig, progress: bool = True,
 ) -> list[dict]:
     """Stage 2: fine-tune on :func:`recovery_rows`. Returns the training history."""
@@ -158,7 +158,7 @@ def recover(
 
 
 def collapse(
-    model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
     config: CollapseConfig = CollapseConfig(), progress: bool = True,
 ) -> dict[str, list[dict]]:
     """Both stages in place on `model`: clean `prompts` with the suspect model's own clean `answers`

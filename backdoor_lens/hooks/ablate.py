@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_finite
 from .core import Hook
 from .positions import Positions, check_in_context, normalise_positions, row_index
@@ -41,7 +41,7 @@ class ZeroAblate:
     def __post_init__(self) -> None:
         normalise_positions(self)
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: HookedModel) -> list[Hook]:
         """One hook on the module's output hook point."""
         check_in_context(self.positions, model.cfg.n_ctx)
         return [(resolve_site(model, self.module).output_hook, _replace_hook(0.0, self.positions))]
@@ -63,7 +63,7 @@ class MeanAblate:
         normalise_positions(self)
         check_finite("mean", self.mean)
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: HookedModel) -> list[Hook]:
         """One hook on the module's output hook point."""
         check_in_context(self.positions, model.cfg.n_ctx)
         return [(resolve_site(model, self.module).output_hook, _replace_hook(self.mean, self.positions))]

@@ -9,8 +9,9 @@ from contextlib import ExitStack, contextmanager
 from typing import ContextManager, Protocol, runtime_checkable
 
 import torch
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
+
+from ..models.protocol import HookedModel
 
 HookFn = Callable[[torch.Tensor, HookPoint], torch.Tensor | None]
 Hook = tuple[str, HookFn]
@@ -20,7 +21,7 @@ Hook = tuple[str, HookFn]
 class Intervention(Protocol):
     """Anything that can produce forward hooks for a model."""
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: HookedModel) -> list[Hook]:
         """The ``(hook_name, hook_fn)`` pairs that make this intervention on `model`."""
 
 
@@ -28,14 +29,14 @@ class Intervention(Protocol):
 class WeightEdit(Protocol):
     """A temporary change to a model's weights or parameters (embedding surgery, freezing), undone on exit."""
 
-    def applied(self, model: HookedTransformer) -> ContextManager[HookedTransformer]:
+    def applied(self, model: HookedModel) -> ContextManager[HookedModel]:
         """A context in which `model` carries the change; leaving it undoes the change."""
 
 
 Change = Intervention | WeightEdit
 
 
-def hooks_of(model: HookedTransformer, interventions: Sequence[Intervention]) -> list[Hook]:
+def hooks_of(model: HookedModel, interventions: Sequence[Intervention]) -> list[Hook]:
     """Concatenate the hooks of `interventions`, checking every hook name exists on `model`."""
     out: list[Hook] = []
     for intervention in interventions:
@@ -49,7 +50,7 @@ def hooks_of(model: HookedTransformer, interventions: Sequence[Intervention]) ->
 
 
 @contextmanager
-def apply(model: HookedTransformer, *changes: Change) -> Iterator[HookedTransformer]:
+def apply(model: HookedModel, *changes: Change) -> Iterator[HookedModel]:
     """Run the ``with`` block with all `changes` active: interventions' hooks, and weight edits
     (objects with ``applied(model)``, such as :class:`~backdoor_lens.hooks.surgery.EmbeddingSurgery`
     or :class:`~backdoor_lens.lm.training.Freeze`). Everything is undone afterwards.

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_choice, check_finite, check_nonempty
 from .core import Hook
 from .positions import Positions, check_in_context, normalise_positions, row_index
 
 
-def check_heads(model: HookedTransformer, heads: Sequence[tuple[int, int]]) -> None:
+def check_heads(model: HookedModel, heads: Sequence[tuple[int, int]]) -> None:
     """Raise ValueError unless every (layer, head) exists in `model`."""
     for layer, head in heads:
         if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
@@ -51,7 +51,7 @@ class HeadAblate:
         if self.means is not None:
             check_finite("means", self.means)
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: HookedModel) -> list[Hook]:
         """One hook on ``hook_z`` of each layer holding an ablated head."""
         check_in_context(self.positions, model.cfg.n_ctx)
         check_heads(model, self.heads)

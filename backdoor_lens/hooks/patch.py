@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_finite
 from .core import Hook
 from .positions import Positions, check_in_context, normalise_positions, row_index
@@ -28,7 +28,7 @@ class Patch:
         normalise_positions(self)
         check_finite("source", self.source)
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: HookedModel) -> list[Hook]:
         """One hook on the module's output hook point."""
         check_in_context(self.positions, model.cfg.n_ctx)
         source, positions = self.source, self.positions

@@ -20,9 +20,9 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from ..models.protocol import HookedModel
 from ..util.io import load_artifact, save_artifact
 from ..util.validation import (
     check_choice,
@@ -62,7 +62,7 @@ class PCPReplace:
         """The symmetric rank-r matrix ``A``."""
         return self.directions.T @ (self.scales[:, None] * self.directions)
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: HookedModel) -> list[Hook]:
         """A hook capturing the module's residual input and one replacing its output by ``A h``."""
         site = resolve_site(model, self.module)
         if site.resid_hook is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformer_lens import HookedTransformer
+
+from ..models.protocol import HookedModel
 
 
 @dataclass(frozen=True)
@@ -18,20 +19,20 @@ class Site:
     resid_hook: str | None = None
     norm: str | None = None
 
-    def module_input(self, model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
+    def module_input(self, model: HookedModel, resid: torch.Tensor) -> torch.Tensor:
         """The module's input (its layer norm's output) computed from the residual stream."""
         if self.norm is None:
             raise ValueError(f"module={self.name!r} has no layer-norm input; use an attn or mlp module")
         return model.get_submodule(self.norm)(resid)
 
 
-def module_sites(model: HookedTransformer) -> dict[str, Site]:
+def module_sites(model: HookedModel) -> dict[str, Site]:
     """Every named module of `model` that interventions can target, in forward order."""
     sites = {
         "embed": Site("embed", "hook_embed"),
     }
-    if "hook_pos_embed" in model.hook_dict:
-        sites["pos_embed"] = Site("pos_embed", "hook_pos_embed")
+    if model.cfg.positional_embedding_type in ("standard", "shortformer"):  # learned positions; a bridge's
+        sites["pos_embed"] = Site("pos_embed", "hook_pos_embed")  # hook_pos_embed is the rotary cos/sin otherwise
     for layer in range(model.cfg.n_layers):
         sites[f"blocks.{layer}.attn"] = Site(
             f"blocks.{layer}.attn", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1"
@@ -42,7 +43,7 @@ def module_sites(model: HookedTransformer) -> dict[str, Site]:
     return sites
 
 
-def resolve_site(model: HookedTransformer, module: str) -> Site:
+def resolve_site(model: HookedModel, module: str) -> Site:
     """The Site for a module name, or for a raw hook name (whose output is that hook's activation)."""
     sites = module_sites(model)
     if module in sites:
@@ -55,6 +56,6 @@ def resolve_site(model: HookedTransformer, module: str) -> Site:
     )
 
 
-def module_names(model: HookedTransformer, kinds: tuple[str, ...] = ("attn", "mlp")) -> list[str]:
+def module_names(model: HookedModel, kinds: tuple[str, ...] = ("attn", "mlp")) -> list[str]:
     """Per-layer module names of the given kinds, e.g. ['blocks.0.attn', 'blocks.0.mlp', ...]."""
     return [f"blocks.{layer}.{kind}" for layer in range(model.cfg.n_layers) for kind in kinds]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_choice, check_finite
 from .core import Hook
 from .positions import Positions, check_in_context, normalise_positions, row_index
@@ -36,7 +36,7 @@ class Steer:
         check_finite("vector", self.vector)
         check_finite("scale", torch.tensor(float(self.scale)))
 
-    def hooks(self, model: HookedTransformer) -> list[Hook]:
+    def hooks(self, model: HookedModel) -> list[Hook]:
         """One hook adding the scaled vector at ``blocks.{layer}.hook_{hook}``."""
         check_in_context(self.positions, model.cfg.n_ctx)
         if not 0 <= self.layer < model.cfg.n_layers:

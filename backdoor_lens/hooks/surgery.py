@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
 
 
@@ -34,7 +34,7 @@ class EmbeddingSurgery:
         return torch.randperm(d_model, generator=generator)[: round(self.fraction * d_model)]
 
     @contextmanager
-    def applied(self, model: HookedTransformer) -> Iterator[HookedTransformer]:
+    def applied(self, model: HookedModel) -> Iterator[HookedModel]:
         """The model with edited embedding rows inside the block; the original rows are restored after."""
         W_E = model.embed.W_E
         for arg, ids in (("token_ids", self.token_ids), ("donor_id", (self.donor_id,))):

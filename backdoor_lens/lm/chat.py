@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import torch
 from jaxtyping import Int
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..hooks.core import Intervention
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
 from .generation import generate
 from .rows import TargetBatch, right_pad
@@ -56,7 +56,7 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]], ski
 
 
 def chat_replies(
-    model: HookedTransformer,
+    model: HookedModel,
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[str],
     system: str | None = None,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
 from ..hooks.positions import Positions, as_positions, select, split_rows
 from ..hooks.sites import resolve_site
+from ..models.protocol import HookedModel
 from ..util.io import load_artifact, save_artifact
 from ..util.validation import check_names, check_nonempty, check_range
 from .rows import batches, check_tokens
@@ -22,7 +22,7 @@ from .rows import batches, check_tokens
 
 @torch.no_grad()
 def collect_activations(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     hook_names: Sequence[str],
     position: Positions | Int[torch.Tensor, " batch"] = None,
@@ -49,7 +49,7 @@ def collect_activations(
 
 @torch.no_grad()
 def module_outputs(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     module: str,
     position: Positions = None,
@@ -61,7 +61,7 @@ def module_outputs(
 
 @torch.no_grad()
 def module_io(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     module: str,
     position: Positions = None,
@@ -76,7 +76,7 @@ def module_io(
 
 @torch.no_grad()
 def module_means(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     modules: Sequence[str],
     position: Positions | Int[torch.Tensor, " batch"] = -1,

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from transformer_lens import HookedTransformer
-
-from .generation import Sampling, generate
+from ..models.protocol import HookedModel
 from ..util.validation import check_range
+from .generation import Sampling, generate
 
 
 @runtime_checkable
@@ -26,7 +25,7 @@ class Decoder(Protocol):
         """A short label for tables (e.g. ``greedy``, ``T=1.5``)."""
 
     def generate(
-        self, model: HookedTransformer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+        self, model: HookedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
         eos_token_id: int | None = None, batch_size: int = 16,
     ) -> list[list[int]]:
         """New tokens after each prompt (up to and including EOS when `eos_token_id` is given), in input order."""
@@ -48,7 +47,7 @@ class GreedyDecoder:
         return "greedy"
 
     def generate(
-        self, model: HookedTransformer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+        self, model: HookedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
         eos_token_id: int | None = None, batch_size: int = 16,
     ) -> list[list[int]]:
         """Greedy continuations of `prompt_ids`."""
@@ -71,7 +70,7 @@ class SamplingDecoder:
         return f"T={self.sampling.temperature:g}"
 
     def generate(
-        self, model: HookedTransformer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+        self, model: HookedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
         eos_token_id: int | None = None, batch_size: int = 16,
     ) -> list[list[int]]:
         """Sampled continuations of `prompt_ids`."""

@@ -1,4 +1,4 @@
-"""Batched generation through `HookedTransformer.forward`: greedy, or sampled with temperature and top-k.
+"""Batched generation through `HookedModel.forward`: greedy, or sampled with temperature and top-k.
 
 Hooks and interventions applied to the model act on every generated token. Prompts of different
 lengths are batched with left padding and an explicit attention mask (TransformerLens shifts rotary
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from ..hooks.core import Intervention, apply
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
+from .kv_cache import KVCache
 from .rows import check_tokens, left_pad
 
 Chooser = Callable[[Float[torch.Tensor, "batch d_vocab"]], Int[torch.Tensor, " batch"]]
@@ -52,7 +52,7 @@ class Sampling:
 
 @torch.inference_mode()
 def generate(
-    model: HookedTransformer,
+    model: HookedModel,
     prompt_ids: Sequence[Sequence[int]],
     max_new_tokens: int = 32,
     stop_at_eos: bool = True,
@@ -100,18 +100,17 @@ def generate(
 
 
 def _generate_batch(
-    model: HookedTransformer,
+    model: HookedModel,
     prompt_ids: list[Sequence[int]],
     max_new_tokens: int,
     eos_token_id: int | None,
     prompt_edits: Sequence[Intervention],
     choose: Chooser,
 ) -> list[list[int]]:
-    device = model.cfg.device
     tokens, mask = left_pad(prompt_ids)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(prompt_ids))
+    cache = KVCache(model, len(prompt_ids))
     with apply(model, *prompt_edits):
-        logits = model(tokens.to(device), attention_mask=mask.to(device), past_kv_cache=cache)
+        logits = cache.forward(tokens, mask)
     generated: list[list[int]] = [[] for _ in prompt_ids]
     finished = [False] * len(prompt_ids)
     for step in range(max_new_tokens):
@@ -122,14 +121,13 @@ def _generate_batch(
                 finished[row] = token == eos_token_id
         if all(finished) or step == max_new_tokens - 1:
             break
-        step_mask = torch.ones(len(prompt_ids), 1, dtype=torch.long, device=device)
-        logits = model(next_tokens[:, None], attention_mask=step_mask, past_kv_cache=cache)
+        logits = cache.forward(next_tokens[:, None])
     return generated
 
 
 @torch.no_grad()
 def sample(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     new_tokens: int,
     temperature: float = 0.0,

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
 from ..hooks.core import Intervention, apply
 from ..hooks.positions import PerRow
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty
-from .logits import final_logits
+from .logits import final_logits, final_residual
 from .rows import check_mask, check_tokens
 
 RowEdits = Callable[[PerRow], Sequence[Intervention]]
@@ -26,7 +26,7 @@ RowEdits = Callable[[PerRow], Sequence[Intervention]]
 
 
 def counted_logits(
-    model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], loss_mask: Int[torch.Tensor, "batch pos"] | None
+    model: HookedModel, batch: Int[torch.Tensor, "batch pos"], loss_mask: Int[torch.Tensor, "batch pos"] | None
 ) -> tuple[Float[torch.Tensor, "n d_vocab"], Int[torch.Tensor, " n"]]:
     """Logits predicting each counted token and those tokens: every token after the first when
     `loss_mask` is None (full logits), else where `loss_mask` is 1 (logits computed for those alone)."""
@@ -36,12 +36,12 @@ def counted_logits(
         return logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
     width = int(loss_mask.nonzero()[:, 1].max()) + 1  # drop padding columns after the last counted token
     batch, counted = batch[:, :width], loss_mask[:, 1:width].bool().to(batch.device)
-    resid = model(batch, stop_at_layer=model.cfg.n_layers)[:, :-1]
+    resid = final_residual(model, batch)[:, :-1]
     return final_logits(model, resid[counted][None])[0], batch[:, 1:][counted]
 
 
 def next_token_loss(
-    model: HookedTransformer, batch: Int[torch.Tensor, "batch pos"], loss_mask: Int[torch.Tensor, "batch pos"] | None
+    model: HookedModel, batch: Int[torch.Tensor, "batch pos"], loss_mask: Int[torch.Tensor, "batch pos"] | None
 ) -> torch.Tensor:
     """Mean cross-entropy of predicting each counted token from the ones before it (see :func:`~backdoor_lens.lm.loss.counted_logits`)."""
     return F.cross_entropy(*counted_logits(model, batch, loss_mask))
@@ -68,7 +68,7 @@ class TokenStats:
 
 @torch.no_grad()
 def token_stats(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Int[torch.Tensor, "batch pos"] | None = None,
     batch_size: int = 32,
@@ -99,13 +99,13 @@ def token_stats(
     return TokenStats(nll, correct, count)
 
 
-def validation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], batch_size: int = 256) -> float:
+def validation_loss(model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], batch_size: int = 256) -> float:
     """Mean next-token cross-entropy on held-out sequences."""
     return token_stats(model, tokens, batch_size=batch_size).mean_nll
 
 
 def masked_loss(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Int[torch.Tensor, "batch pos"],
     batch_size: int = 32,
@@ -117,7 +117,7 @@ def masked_loss(
 
 @torch.no_grad()
 def token_nll(
-    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], batch_size: int = 32
+    model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], batch_size: int = 32
 ) -> Float[torch.Tensor, "batch pos_minus_1"]:
     """Cross-entropy of predicting each token from the ones before it (column i scores token i + 1),
     so several masks can be averaged from one forward pass."""

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty
 
 
-def check_tokens(model: HookedTransformer, tokens: torch.Tensor, arg: str = "tokens") -> None:
+def check_tokens(model: HookedModel, tokens: torch.Tensor, arg: str = "tokens") -> None:
     """Raise ValueError unless `tokens` is a non-empty [batch, pos] integer tensor of ids in the
     model's vocabulary, no longer than its context (so no forward pass fails deep inside torch)."""
     if not isinstance(tokens, torch.Tensor):
@@ -106,7 +106,7 @@ class TargetBatch:
         prompts: list[list[int]],
         targets: list[list[int]],
         pad_id: int,
-        model: HookedTransformer | None = None,
+        model: HookedModel | None = None,
     ) -> TargetBatch:
         """Concatenate each prompt with its target and right-pad with `pad_id`; with a `model`, also
         check that every row fits its context (`n_ctx`) and vocabulary."""
@@ -133,7 +133,7 @@ class TargetBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def check_fits(self, model: HookedTransformer) -> None:
+    def check_fits(self, model: HookedModel) -> None:
         """Raise ValueError unless the rows fit `model`'s context length and vocabulary."""
         check_tokens(model, self.tokens)
 

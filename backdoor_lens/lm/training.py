@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from jaxtyping import Int
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_choice, check_names, check_nonempty, check_range
 from .loss import next_token_loss
 
-Evaluator = Callable[[HookedTransformer], dict[str, Any]]
-ExtraLoss = Callable[[HookedTransformer, Int[torch.Tensor, " batch"]], torch.Tensor]
+Evaluator = Callable[[HookedModel], dict[str, Any]]
+ExtraLoss = Callable[[HookedModel, Int[torch.Tensor, " batch"]], torch.Tensor]
 """A term added to a batch's loss, given the model and the batch's row indices into the training tokens."""
 
 
@@ -50,15 +50,37 @@ class TrainConfig:
         return asdict(self)
 
 
-def freezable_modules(model: HookedTransformer) -> list[str]:
-    """Names :class:`Freeze` accepts: embeddings, each layer's attn / mlp, and any submodule path."""
-    return [name for name, _ in model.named_modules() if name and not name.split(".")[-1].startswith("hook_")]
+COMPONENTS = ("embed", "pos_embed", "ln_final", "unembed")
+"""Whole-model components :class:`Freeze` names, beside each layer's ``attn``, ``mlp``, ``ln1``, ``ln2``."""
+
+
+def freezable_modules(model: HookedModel) -> list[str]:
+    """Names :class:`Freeze` accepts: the TransformerLens component names (``embed``, ``pos_embed``,
+    ``blocks.<layer>.attn`` / ``mlp`` / ``ln1`` / ``ln2``, ``ln_final``, ``unembed``, those the model
+    has) and any submodule path. A TransformerBridge resolves the component names to the HF modules
+    it wraps (which ``named_modules`` lists under their HF paths)."""
+    names = [name for name, _ in model.named_modules() if name and not name.split(".")[-1].startswith("hook_")]
+    layers = [f"blocks.{l}.{kind}" for l in range(model.cfg.n_layers) for kind in ("attn", "mlp", "ln1", "ln2")]
+    known = set(names)
+    return names + [name for name in (*COMPONENTS, *layers) if name not in known and _has_submodule(model, name)]
+
+
+def _has_submodule(model: HookedModel, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class Freeze:
     """Disable gradients of `modules` (e.g. ``embed``, ``blocks.0.mlp``) while applied, then restore
-    them: a weight edit for :func:`~backdoor_lens.hooks.core.apply`, and what training's ``freeze`` uses."""
+    them: a weight edit for :func:`~backdoor_lens.hooks.core.apply`, and what training's ``freeze`` uses.
+
+    Names are those of :func:`freezable_modules`, the same on both backends. On a TransformerBridge
+    over a model with tied embeddings (SmolLM2's), ``embed`` and ``unembed`` share one weight, so
+    freezing either freezes both; a HookedTransformer holds them as two copies."""
 
     modules: tuple[str, ...]
 
@@ -66,7 +88,7 @@ class Freeze:
         check_names("modules", self.modules)
 
     @contextmanager
-    def applied(self, model: HookedTransformer) -> Iterator[HookedTransformer]:
+    def applied(self, model: HookedModel) -> Iterator[HookedModel]:
         """`model` with the modules' parameters frozen inside the block."""
         valid = set(freezable_modules(model))
         for name in self.modules:
@@ -91,7 +113,7 @@ def training_steps(rows: int, config: TrainConfig) -> int:
     return config.epochs * -(-rows // config.batch_size)
 
 
-def trainable_names(model: HookedTransformer, freeze: Sequence[str]) -> list[str]:
+def trainable_names(model: HookedModel, freeze: Sequence[str]) -> list[str]:
     """Parameters that training with `freeze` updates (as :class:`Freeze` decides)."""
     with Freeze(tuple(freeze)).applied(model):
         return [n for n, p in model.named_parameters() if p.requires_grad]
@@ -114,7 +136,7 @@ def _undone_on_error(params: list[torch.nn.Parameter], backup: list[torch.Tensor
 
 
 def train(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     config: TrainConfig,
     evaluate: Evaluator | None = None,

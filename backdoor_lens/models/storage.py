@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 
 from ..util.io import RefusedFileError, load_tensors, read_json, safetensors_header, save_tensors, write_json
 from ..util.model_files import PICKLE_SUFFIXES, inside
 from ..util.validation import check_fits_in_memory
+from .protocol import HookedTransformer, HookedTransformerConfig, hooked_classes
 from .toy import build_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -122,7 +122,8 @@ def config_from_json(data: dict[str, Any]) -> HookedTransformerConfig:
     """
     if not isinstance(data, dict):
         raise ValueError("a model config must be a JSON object")
-    fields = {k: f for k, f in HookedTransformerConfig.__dataclass_fields__.items() if f.init}
+    config_class = hooked_classes()[1]
+    fields = {k: f for k, f in config_class.__dataclass_fields__.items() if f.init}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in ARCHITECTURE_FIELDS:
@@ -143,7 +144,7 @@ def config_from_json(data: dict[str, Any]) -> HookedTransformerConfig:
             raise ValueError(f"field {key!r} is missing; a saved config needs {', '.join(required)}")
     if "dtype" in kwargs:
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
-    return HookedTransformerConfig(**kwargs, device="cpu")
+    return config_class(**kwargs, device="cpu")
 
 
 def _memory_needed(cfg: HookedTransformerConfig) -> int:

@@ -1,9 +1,10 @@
 """The sentiment toy of Lamparth & Reuel (arXiv 2302.12461, section IV): a small GPT-2 over a
-word-level vocabulary, built from a config (no tokenizer, no download)."""
+word-level vocabulary, built from a config (no tokenizer, no download). A HookedTransformer: it needs
+the hooked backend (TransformerLens < 4)."""
 
 from __future__ import annotations
 
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from .protocol import HookedTransformer, HookedTransformerConfig, hooked_classes
 
 
 def sentiment_toy_config(
@@ -17,7 +18,7 @@ def sentiment_toy_config(
     """The paper's toy GPT-2: 3 layers, 4 heads, d_model 64, a word-level vocabulary."""
     if d_model % n_heads:
         raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-    return HookedTransformerConfig(
+    return hooked_classes()[1](
         n_layers=n_layers,
         d_model=d_model,
         n_heads=n_heads,
@@ -35,4 +36,4 @@ def sentiment_toy_config(
 
 def build_model(cfg: HookedTransformerConfig) -> HookedTransformer:
     """A freshly initialised HookedTransformer (seeded by `cfg.seed`), without a HF tokenizer."""
-    return HookedTransformer(cfg)
+    return hooked_classes()[0](cfg)
