@@ -5,7 +5,8 @@ that yield forward hooks, and :func:`bl.apply <backdoor_lens.hooks.core.apply>` 
 of them and always removes them. The subpackages, bottom layer first (imports only point down):
 
 - :mod:`~backdoor_lens.util`: files, checks, fingerprints;
-- :mod:`~backdoor_lens.models`: toys from configs, pretrained and local Hugging Face models, tokenizers;
+- :mod:`~backdoor_lens.models`: toys from configs, pretrained and local Hugging Face models, tokenizers,
+  on either backend (HookedTransformer or TransformerBridge, one :class:`~backdoor_lens.models.protocol.HookedModel` protocol);
 - :mod:`~backdoor_lens.hooks`: interventions, positions, sites, ``apply`` and ``restored``;
 - :mod:`~backdoor_lens.lm`: rows, collection, generation, losses, chat templates, training, LoRA;
 - :mod:`~backdoor_lens.data`: toy sequences, prompts, triggers and attacks, poisoning;
@@ -37,8 +38,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
             "backdoored_sentiment_toy", "benign_sentiment_toy", "build_sentiment_toy", "check_planted", "plant_backdoor"),
     "lm": ("Freeze", "LoraConfig", "TargetBatch", "TrainConfig", "collect_activations", "generate", "module_io",
            "module_means", "train", "validation_loss"),
-    "models": ("chat_toy_model", "load_model", "load_packaged_tokenizer", "load_pretrained", "save_model",
-               "sentiment_toy_config"),
+    "models": ("BACKENDS", "HookedModel", "backend_of", "chat_toy_model", "load_chat_model", "load_model",
+               "load_packaged_tokenizer", "load_pretrained", "save_model", "sentiment_toy_config"),
 }
 _HOME = {name: layer for layer, names in _EXPORTS.items() for name in names}
 _LAYERS = ("util", "models", "hooks", "lm", "data", "eval", "analysis", "lab", "defense", "experiments")
@@ -127,7 +128,11 @@ if TYPE_CHECKING:
         validation_loss,
     )
     from .models import (
+        BACKENDS,
+        HookedModel,
+        backend_of,
         chat_toy_model,
+        load_chat_model,
         load_model,
         load_packaged_tokenizer,
         load_pretrained,
@@ -158,6 +163,7 @@ __all__ = [
     "PerRow", "apply", "restored", "module_names",
     # models
     "load_pretrained", "load_packaged_tokenizer", "load_model", "save_model", "chat_toy_model", "sentiment_toy_config",
+    "load_chat_model", "HookedModel", "BACKENDS", "backend_of",
     # running a model
     "TargetBatch", "collect_activations", "module_means", "module_io", "generate", "train", "TrainConfig", "Freeze",
     "LoraConfig", "validation_loss",

@@ -35,7 +35,11 @@ class EmbeddingSurgery:
 
     @contextmanager
     def applied(self, model: HookedModel) -> Iterator[HookedModel]:
-        """The model with edited embedding rows inside the block; the original rows are restored after."""
+        """The model with edited embedding rows inside the block; the original rows are restored after.
+
+        Only the input embedding changes. Where the unembedding shares its weight (tied embeddings
+        in a TransformerBridge over GPT-2 or SmolLM2; a HookedTransformer holds two copies), the
+        embedding is a private edited copy while the block runs, so train nothing inside it."""
         W_E = model.embed.W_E
         for arg, ids in (("token_ids", self.token_ids), ("donor_id", (self.donor_id,))):
             bad = [i for i in ids if not 0 <= i < W_E.shape[0]]
@@ -43,14 +47,32 @@ class EmbeddingSurgery:
                 raise ValueError(f"{arg} has ids {bad} outside the vocabulary [0, {W_E.shape[0]})")
         rows = torch.tensor(self.token_ids, device=W_E.device)
         dims = self.dimensions(W_E.shape[1]).to(W_E.device)
-        saved = W_E.data[rows].clone()
-        try:
-            with torch.no_grad():
-                W_E[rows[:, None], dims] = W_E[self.donor_id, dims]
-            yield model
-        finally:
-            with torch.no_grad():
-                W_E[rows] = saved
+        with _untied(model) as W_E:
+            saved = W_E.data[rows].clone()
+            try:
+                with torch.no_grad():
+                    W_E[rows[:, None], dims] = W_E[self.donor_id, dims]
+                yield model
+            finally:
+                with torch.no_grad():
+                    W_E[rows] = saved
+
+
+@contextmanager
+def _untied(model: HookedModel) -> Iterator[torch.nn.Parameter]:
+    """The embedding weight, replaced by a copy for the block if the unembedding shares it."""
+    W_E = model.embed.W_E
+    if not any(p is W_E for p in model.unembed.parameters()):
+        yield W_E
+        return
+    name = next(n for n, p in model.embed.named_parameters() if p is W_E)
+    owner_path, _, attr = name.rpartition(".")
+    owner = model.embed.get_submodule(owner_path) if owner_path else model.embed
+    setattr(owner, attr, torch.nn.Parameter(W_E.detach().clone(), requires_grad=W_E.requires_grad))
+    try:
+        yield getattr(owner, attr)
+    finally:
+        setattr(owner, attr, W_E)
 
 
 def trigger_token_ids(tokenizer: PreTrainedTokenizerBase, trigger: str) -> tuple[int, ...]:
