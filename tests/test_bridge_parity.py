@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_bridge import hf_reference, saved
-from test_bridge_analysis import random_batch
-from test_pretrained import TOKENS, VOCAB, word_tokenizer
 
-from backdoor_lens.analysis.baha import backdoor_vector, baha_scores, head_means, head_z_means
-from backdoor_lens.analysis.lens import logit_lens
-from backdoor_lens.analysis.probe import fit_probes, probe_features
-from backdoor_lens.hooks import (
+from backdoor_lens.models.protocol import HookedTransformer
+
+if HookedTransformer is None:
+    pytest.skip("this TransformerLens has no HookedTransformer", allow_module_level=True)
+
+from test_bridge import hf_reference, saved  # noqa: E402  (after the skip: the analyses need eval, which needs it)
+from test_bridge_analysis import random_batch  # noqa: E402
+from test_pretrained import TOKENS, VOCAB, word_tokenizer  # noqa: E402
+
+from backdoor_lens.analysis.baha import backdoor_vector, baha_scores, head_means, head_z_means  # noqa: E402
+from backdoor_lens.analysis.lens import logit_lens  # noqa: E402
+from backdoor_lens.analysis.probe import fit_probes, probe_features  # noqa: E402
+from backdoor_lens.hooks import (  # noqa: E402
     EmbeddingSurgery,
     HeadAblate,
     MeanAblate,
@@ -25,14 +31,11 @@ from backdoor_lens.hooks import (
     ZeroAblate,
     apply,
 )
-from backdoor_lens.lm.chat import encode_prompts
-from backdoor_lens.lm.collect import collect_activations, module_io
-from backdoor_lens.lm.generation import generate
-from backdoor_lens.lm.loss import next_token_loss, token_stats
-from backdoor_lens.models.pretrained import load_pretrained
-from backdoor_lens.models.protocol import HookedTransformer
-
-pytestmark = pytest.mark.skipif(HookedTransformer is None, reason="this TransformerLens has no HookedTransformer")
+from backdoor_lens.lm.chat import encode_prompts  # noqa: E402
+from backdoor_lens.lm.collect import collect_activations, module_io  # noqa: E402
+from backdoor_lens.lm.generation import generate  # noqa: E402
+from backdoor_lens.lm.loss import next_token_loss, token_stats  # noqa: E402
+from backdoor_lens.models.pretrained import load_pretrained  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

@@ -73,6 +73,11 @@ def _z_names(model: HookedModel) -> list[str]:
     return [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
 
 
+def _at(act: torch.Tensor, rows: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``act[rows, p]`` on the device of `rows` (with a device map, a layer's activations live on its device)."""
+    return act[rows.to(act.device), p.to(act.device)].to(rows.device)
+
+
 def _W_O(model: HookedModel, layer: int) -> Float[torch.Tensor, "n_heads d_head d_model"]:
     """Layer `layer`'s output weights per head (on that layer's device, with a device map)."""
     return model.blocks[layer].attn.W_O
@@ -89,7 +94,7 @@ def head_z_means(model: HookedModel, triggered: TargetBatch) -> Float[torch.Tens
     )
     device = triggered.tokens.device
     rows = torch.arange(len(triggered), device=device)
-    return torch.stack([cache[n].to(device)[rows, triggered.prompt_end].double().mean(0).float() for n in names])
+    return torch.stack([_at(cache[n], rows, triggered.prompt_end).double().mean(0).float() for n in names])
 
 
 @torch.no_grad()
@@ -109,7 +114,7 @@ def _deltas(
     """``mu_lj - h_lj(x)`` for every head of `layer` and every row."""
     w_o = _W_O(model, layer)
     h = torch.einsum("bhd,hdm->hbm", z_at_p.to(w_o.device), w_o)
-    return head_mu[layer, :, None].to(h) - h
+    return (head_mu[layer, :, None].to(h) - h).to(z_at_p.device)
 
 
 @torch.no_grad()
@@ -124,8 +129,7 @@ def baha_reference(
     rows, p = torch.arange(len(clean), device=clean.tokens.device), clean.prompt_end
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
-        z = cache[names[layer]]
-        deltas = _deltas(model, layer, z[rows.to(z.device), p.to(z.device)], head_mu)
+        deltas = _deltas(model, layer, _at(cache[names[layer]], rows, p), head_mu)
         for head in range(model.cfg.n_heads):
 
             def add_delta(act: torch.Tensor, hook: HookPoint, delta: torch.Tensor = deltas[head]) -> torch.Tensor:
@@ -366,11 +370,11 @@ def baha_attribution(
             total = target_score(_forward(model, clean.tokens), clean).sum()
             wanted = attn_names[:dropped]  # only heads before `dropped` have it as a later layer
             grads = torch.autograd.grad(total, [acts[n] for n in wanted])
-        return [g[rows, p] for g in grads], acts
+        return [_at(g, rows, p) for g in grads], acts
 
     grads, acts = gradients(None)
     with torch.no_grad():
-        deltas = torch.stack([_deltas(model, l, acts[z_names[l]][rows, p], head_mu) for l in range(cfg.n_layers)])
+        deltas = torch.stack([_deltas(model, l, _at(acts[z_names[l]], rows, p), head_mu) for l in range(cfg.n_layers)])
 
     def estimate(g: list[torch.Tensor], layers: range) -> torch.Tensor:
         return torch.stack([torch.einsum("bm,hbm->h", g[l], deltas[l]) / len(clean) for l in layers])
@@ -380,7 +384,7 @@ def baha_attribution(
         total = torch.zeros_like(out[:-1])
         for dropped in range(1, cfg.n_layers):
             total[:dropped] += estimate(gradients(dropped)[0], range(dropped))
-        n_later = torch.arange(cfg.n_layers - 1, 0, -1, dtype=out.dtype)  # layers after l
+        n_later = torch.arange(cfg.n_layers - 1, 0, -1, dtype=out.dtype, device=out.device)  # layers after l
         out = torch.cat([total / n_later[:, None], out[-1:]])
     return out.detach().float().cpu()
 

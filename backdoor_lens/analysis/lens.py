@@ -20,7 +20,8 @@ from ..models.protocol import HookedModel
 
 def unembed(model: HookedModel, vectors: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
     """Logits a vector would give were it the final residual stream: ``ln_final(x) @ W_U + b_U``."""
-    return model.ln_final(vectors[:, None, :])[:, 0] @ model.W_U + model.b_U
+    W_U = model.W_U  # with a device map, the unembedding may sit on another device than the vectors
+    return model.ln_final(vectors[:, None, :].to(W_U.device))[:, 0] @ W_U + model.b_U.to(W_U.device)
 
 
 @torch.no_grad()
