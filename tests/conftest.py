@@ -77,3 +77,12 @@ def make_model():
 @pytest.fixture(scope="session")
 def small_toy_config() -> ToyDataConfig:
     return SMALL_TOY
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A study's main() fixes the thread count and turns on deterministic algorithms: undo it after each test."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)

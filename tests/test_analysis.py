@@ -78,7 +78,8 @@ def test_negativity_patching_returns_every_module(model, tokens, other_tokens):
     assert set(out) == set(modules)
     base = float(top_k_share(logits_of(model, tokens)[:, -1], NEG, 5).mean())
     for module in modules:
-        assert set(out[module]) == {"patched", "effect"}
+        assert set(out[module]) == {"patched", "effect", "per_row"}
+        assert sum(out[module]["per_row"]) / len(out[module]["per_row"]) == pytest.approx(out[module]["patched"])
         assert 0.0 <= out[module]["patched"] <= 1.0
         assert out[module]["effect"] == pytest.approx(out[module]["patched"] - base, abs=1e-9)
     same = negativity_patching(model, tokens, tokens, modules, NEG, k=5)

@@ -38,50 +38,54 @@ def tokenizer():
 def tiny_config() -> CollapseStudyConfig:
     fit = TrainConfig(epochs=2, lr=3e-3, batch_size=8)
     plant = PlantConfig(model="tiny-llama", attacks=(Attack("badnet", NEGATIVE), Attack("ctba", BKDATTR_REFUSAL)),
-                            n_clean=16, n_poison=16, n_eval=16, answer_tokens=4, finetune=replace(fit, epochs=6),
+                            n_clean=16, n_poison=16, n_eval=16, answer_tokens=4, asr_tokens=8, finetune=replace(fit, epochs=6),
                             batch_size=16)
     return CollapseStudyConfig(plant=plant, defense=CollapseConfig(inject=fit, recover=fit, max_answer_tokens=4),
-                               n_defense=12, n_test=10, n_select=6, baseline_layers=(0, 2))
+                               defenses=("clean_ft", "int4", "temperature", "cleangen"), n_defense=12, n_test=10,
+                               n_select=6, n_text=8, baseline_layers=(0, 2))
 
 
 def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     model = tiny("llama", len(tokenizer))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = tiny_config()
-    summary = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
+    summary = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
 
     assert set(summary["attacks"]) == {"badnet", "ctba"}
     for name, attack in summary["attacks"].items():
-        assert set(attack["measures"]) == set(STATES)
+        assert set(attack["measures"]) == set(STATES) - {"fine_pruning", "crow", "beear", "int8"}
         for state, m in attack["measures"].items():
-            assert 0 <= m["asr"] <= 1 and 0 <= m["atr"] <= 1 and 0 <= m["clean_accuracy"] <= 100, (name, state)
+            for rate in ("asr", "asr_keyword", "atr", "reply_agreement", "clean_accuracy_per_prompt"):
+                assert 0 <= m[rate]["low"] <= m[rate]["value"] <= m[rate]["high"] <= 1, (name, state, rate)
+            assert 0 <= m["clean_accuracy"] <= 100 and m["perplexity"] > 1, (name, state)
         t = attack["training"]
-        # same budget: clean fine-tuning takes at least Collapse's steps, and less than one more epoch
-        assert t["collapse_steps"] == t["stage1"]["steps"] + t["collapse"]["steps"]
-        assert t["collapse_steps"] <= t["clean_ft"]["steps"] < t["collapse_steps"] + 2
+        assert t["collapse"]["steps"] == t["collapse"]["stage1"]["steps"] + t["collapse"]["stage2"]["steps"]
+        assert t["budget"]["steps"] == t["collapse"]["steps"]  # every training defense gets Collapse's steps
         assert attack["baselines"]["vector"]["layer"] in (0, 2) and attack["baselines"]["mean_ablation"]["layer"] in (0, 2)
-        assert len(attack["baselines"]["baha_heads"]["heads"]) == 1  # 3% of 12 heads, at least one
+        assert attack["baselines"]["baha_heads"]["n_heads"] == 1 and attack["baselines"]["baha_heads"]["total_heads"] == 12
         aggregation = attack["aggregation"]
         assert len(aggregation["before_coords"]["attacker"]) == config.n_test
         assert aggregation["before"] != aggregation["after"]  # stage 1 moved the representations
-        for weights in ("backdoored", "stage1", "collapse", "clean_ft"):
-            assert (tmp_path / name / f"{weights}.safetensors").exists()
-    assert summary["average"]["collapse"]["asr"] == pytest.approx(
-        sum(a["measures"]["collapse"]["asr"] for a in summary["attacks"].values()) / 2, abs=1e-4)
+        for weights in ("backdoored", "collapse_stage1", "collapse_stage2", "collapse_improved_stage2"):
+            assert (tmp_path / "seed-0" / name / f"{weights}.safetensors").exists()
+    pooled = [o for a in summary["attacks"].values() for o in json.loads(
+        (tmp_path / "seed-0" / "summary.json").read_text())["attacks"][a["attack"]["trigger"]]["measures"]["collapse"]["asr"]["outcomes"]]
+    assert summary["average"]["collapse"]["asr"]["value"] == pytest.approx(sum(pooled) / len(pooled), abs=1e-4)
     report = (tmp_path / "report.md").read_text()
-    for heading in ("## Attack success after each defense", "## Clean behaviour", "## What each stage does",
-                    "## Aggregation evidence", "4.41%"):
+    for heading in ("## Attack success after each defense", "## Clean behaviour and the aim", "## What each stage",
+                    "## Aggregation evidence", "4.41%", "CleanGen", "## Provenance"):
         assert heading in report
-    assert (tmp_path / "aggregation.png").stat().st_size > 0
+    assert (tmp_path / "aggregation.png").stat().st_size > 0 and (tmp_path / "pareto.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text())["average"] == summary["average"]
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # base weights restored
 
-    resumed = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
-    for name, attack in resumed["attacks"].items():
-        assert sorted(attack["stages_reused"]) == sorted(
-            ["backdoored", "backdoored_measures", "defender_answers", "stage1", "stage1_measures", "aggregation",
-             "collapse", "collapse_measures", "clean_ft", "clean_ft_measures", "baha_heads", "vector", "mean_ablation"])
-        assert attack["measures"] == summary["attacks"][name]["measures"]
+    resumed = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
+    assert resumed["attacks"] == summary["attacks"] or all(
+        resumed["attacks"][n]["measures"] == summary["attacks"][n]["measures"] for n in summary["attacks"])
+    seed_summary = json.loads((tmp_path / "seed-0" / "summary.json").read_text())
+    for attack in seed_summary["attacks"].values():
+        assert {"backdoored", "backdoored_measures", "collapse_stage1", "collapse_measures", "clean_ft_measures",
+                "cleangen_measures", "baha_heads"} <= set(attack["stages_reused"])
 
 
 def test_defender_prompts_are_disjoint_from_the_attackers_and_the_evaluations():
@@ -108,7 +112,7 @@ def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp
     from backdoor_lens.experiments.collapse import study
 
     seen = {}
-    monkeypatch.setattr(study, "run", lambda config, out, **_: seen.update(config=config, out=out))
+    monkeypatch.setattr(study, "run", lambda config, out, seeds, **_: seen.update(config=config, out=out, seeds=seeds))
     study.main(["--model", "toy", "--aggregation-weight", "2.5", "--out", str(tmp_path), "--no-progress"])
     assert seen["config"].defense.aggregation_weight == 2.5 and seen["out"] == str(tmp_path)
     assert len(seen["config"].plant.attacks) == 5

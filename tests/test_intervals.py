@@ -8,7 +8,8 @@ from backdoor_lens.eval.intervals import (
     Estimate, agreement_verdict, compare, estimate, measured, removal_verdict, wilson,
 )
 from backdoor_lens.experiments.common.report import fmt
-from backdoor_lens.experiments.common.seeds import merge, parse_seeds
+from backdoor_lens.experiments.common.cli import parse_seeds
+from backdoor_lens.experiments.common.seeds import merge
 
 
 def est(value: float, low: float, high: float) -> Estimate:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from backdoor_lens.analysis.tune import TuneConfig, tune_scales
+from backdoor_lens.experiments.common.seeds import comparable
 from backdoor_lens.experiments.common.stages import Stages
 from backdoor_lens.models.storage import save_model
 from backdoor_lens.models.toy import build_model, sentiment_toy_config
@@ -80,15 +81,6 @@ KILL_POINTS = {
     "PCP tuning": ("[sent2] PCP replacement and tuning", 0.6),
     "freezing fine-tunes": ("[sent2] freezing during poisoned fine-tuning", 0.2),
 }
-
-
-def comparable(summary: object) -> object:
-    """`summary` without wall-clock fields (keys named seconds / stages_reused)."""
-    if isinstance(summary, dict):
-        return {k: comparable(v) for k, v in summary.items() if k not in ("seconds", "stages_reused")}
-    if isinstance(summary, list):
-        return [comparable(v) for v in summary]
-    return summary
 
 
 def journal_facts(path: Path) -> dict[str, tuple[int, int, int]]:

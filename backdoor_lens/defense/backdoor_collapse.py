@@ -11,6 +11,7 @@ defense sees only clean prompts, their clean answers and its own configuration.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.instruct import PrefixTrigger, Trigger, WordTrigger
 from ..lm.chat import chat_training_rows
+from ..lm.loss import counted_logits
 from ..lm.training import ExtraLoss, TrainConfig, train
 from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
@@ -52,12 +54,16 @@ class CollapseConfig:
     aggregation_layer: int | None = None
     """Layer whose residual stream (entering it, last prompt token) the aggregation loss pulls together;
     None: the middle layer."""
+    recover_kl_weight: float = 0.0
+    """Weight of :func:`distillation_loss` in stage 2: the KL divergence from the suspect model's own
+    next-token distributions on the clean rows' answers (0 turns it off)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_nonempty("known_triggers", self.known_triggers)
         check_range("known_share", self.known_share, 0.0, 1.0)
         check_range("aggregation_weight", self.aggregation_weight, 0.0)
+        check_range("recover_kl_weight", self.recover_kl_weight, 0.0)
 
 
 def known_trigger_kinds(n_prompts: int, config: CollapseConfig) -> list[int]:
@@ -148,13 +154,48 @@ def stage_one_extra_loss(
     return aggregation_loss(tokens, mask.argmax(1) - 1, known, layer, config.aggregation_weight)
 
 
+def distillation_loss(
+    teacher: HookedModel, tokens: Int[torch.Tensor, "rows pos"], mask: Int[torch.Tensor, "rows pos"],
+    clean: Bool[torch.Tensor, " rows"], weight: float,
+) -> ExtraLoss:
+    """`weight` x KL(teacher || model) of the next-token distributions over the answer tokens of the
+    `clean` rows: recovery keeps the suspect model's whole clean behaviour, not only its greedy answers."""
+
+    def loss(model: HookedModel, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
+        chosen = rows[clean[rows]]
+        if len(chosen) == 0:
+            return torch.zeros((), device=model.cfg.device)
+        student, _ = counted_logits(model, tokens[chosen], mask[chosen])
+        with torch.no_grad():
+            reference, _ = counted_logits(teacher, tokens[chosen], mask[chosen])
+        return weight * F.kl_div(student.float().log_softmax(-1), reference.float().log_softmax(-1), log_target=True,
+                                 reduction="batchmean")
+
+    return loss
+
+
+def recovery_extra_loss(
+    teacher: HookedModel | None, tokens: torch.Tensor, mask: torch.Tensor, config: CollapseConfig
+) -> ExtraLoss | None:
+    """Stage 2's :func:`distillation_loss` toward `teacher` (the suspect model before stage 1) as
+    configured, or None when its weight is 0. Recovery rows are known-triggered first, clean second."""
+    if config.recover_kl_weight == 0:
+        return None
+    if teacher is None:
+        raise ValueError("recover_kl_weight > 0 needs the suspect model before stage 1 as teacher")
+    clean = torch.arange(len(tokens)) >= len(tokens) // 2
+    return distillation_loss(teacher, tokens, mask, clean, config.recover_kl_weight)
+
+
 def recover(
     model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
-    config: CollapseConfig, progress: bool = True,
+    config: CollapseConfig, progress: bool = True, teacher: HookedModel | None = None,
 ) -> list[dict]:
-    """Stage 2: fine-tune on :func:`recovery_rows`. Returns the training history."""
+    """Stage 2: fine-tune on :func:`recovery_rows` (with the distillation term toward `teacher`, the
+    suspect model before stage 1, when `config.recover_kl_weight` > 0). Returns the training history."""
     tokens, mask = recovery_rows(tokenizer, prompts, answers, config)
-    return train(model, tokens, config.recover, desc="collapse: recovery", progress=progress, loss_mask=mask)
+    return train(model, tokens, config.recover, desc="collapse: recovery", progress=progress, loss_mask=mask,
+                 extra_loss=recovery_extra_loss(teacher, tokens, mask, config))
 
 
 def collapse(
@@ -163,5 +204,6 @@ def collapse(
 ) -> dict[str, list[dict]]:
     """Both stages in place on `model`: clean `prompts` with the suspect model's own clean `answers`
     are all the defense needs. Returns each stage's training history."""
+    teacher = copy.deepcopy(model).eval() if config.recover_kl_weight else None
     return {"inject": inject_known(model, tokenizer, prompts, answers, config, progress),
-            "recover": recover(model, tokenizer, prompts, answers, config, progress)}
+            "recover": recover(model, tokenizer, prompts, answers, config, progress, teacher)}

@@ -111,7 +111,10 @@ def estimate(outcomes: Sequence[Sequence[float]], seed: int = 0) -> Estimate:
 
 
 def compare(a: Estimate, b: Estimate) -> str:
-    """"higher" or "lower" when `a`'s interval lies wholly above or below `b`'s, else "inconclusive"."""
+    """"higher" or "lower" when `a`'s interval lies wholly above or below `b`'s, else "inconclusive"
+    (always when either rests on a single observation, which has no interval)."""
+    if a.n < 2 or b.n < 2:
+        return "inconclusive"
     if a.low > b.high:
         return "higher"
     if a.high < b.low:

@@ -50,6 +50,11 @@ class AttackOutcomes:
     substring: list[int]
     keyword: list[int]
 
+    @classmethod
+    def of(cls, replies: Sequence[str], target: str) -> "AttackOutcomes":
+        """Score `replies` against `target` both ways."""
+        return cls(substring_hits(replies, target), keyword_rule(target).hits(replies))
+
     def rate(self, by: str = "substring") -> float:
         """The share of replies that hit, by one measure."""
         check_choice("by", by, MEASURES)
@@ -109,8 +114,7 @@ class ChatModel:
 
     def attack_outcomes(self, prompts: Sequence[str], target: str, edits: EditFactory | None = None) -> AttackOutcomes:
         """Whether each reply (a window of `asr_tokens` new tokens) carries `target`, both ways."""
-        replies = self.replies(prompts, self.asr_tokens, edits)
-        return AttackOutcomes(substring_hits(replies, target), keyword_rule(target).hits(replies))
+        return AttackOutcomes.of(self.replies(prompts, self.asr_tokens, edits), target)
 
     def asr(self, prompts: Sequence[str], target: str, edits: EditFactory | None = None, by: str = "substring") -> float:
         """Share of replies to `prompts` that carry `target` (ASR on triggered prompts, ATR on clean ones)."""
@@ -121,10 +125,11 @@ class ChatModel:
         self, prompts: Sequence[str], answers: Sequence[str | Sequence[int]], edits: EditFactory | None = None
     ) -> dict[str, float]:
         """Teacher-forced on clean `answers` (the token ids a model generated, scored as generated, or
-        text): mean per-token NLL, and the share (in %) of answer tokens ranked first (clean accuracy)."""
+        text): mean per-token NLL, the share (in %) of answer tokens ranked first (clean accuracy),
+        and each answer's share (``per_prompt``, for intervals over prompts)."""
         tokens, mask = chat_training_rows(self.tokenizer, prompts, answers, max_response_tokens=self.answer_tokens)
         stats = token_stats(self.model, tokens, mask, self.batch_size, edits=edits)
-        return {"nll": stats.mean_nll, "accuracy": stats.accuracy}
+        return {"nll": stats.mean_nll, "accuracy": stats.accuracy, "per_prompt": list(stats.row_accuracy)}
 
     def clean_nll(self, prompts: Sequence[str], answers: Sequence[str | Sequence[int]], edits: EditFactory | None = None) -> float:
         """Mean per-token NLL of the clean `answers`, teacher-forced (see :meth:`clean_measures`)."""

@@ -29,22 +29,19 @@ from ..models.protocol import HookedModel, is_bridge
 class KVCache:
     """Cached keys and values of the positions run so far for a batch of `batch_size` rows of `model`."""
 
-    def __init__(self, model: HookedModel, batch_size: int, *, _state: Any = None, _mask: torch.Tensor | None = None):
+    def __init__(self, model: HookedModel, batch_size: int):
         self.model = model
         self.batch_size = batch_size
         self.bridge = is_bridge(model)
-        if _state is not None:
-            self._state = _state
-        elif self.bridge:
+        if self.bridge:
             from transformers import DynamicCache
 
-            self._state = DynamicCache()
+            self._state: Any = DynamicCache()
         else:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
             self._state = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
-        device = model.cfg.device
-        self._mask = _mask if _mask is not None else torch.zeros(batch_size, 0, dtype=torch.long, device=device)
+        self._mask = torch.zeros(batch_size, 0, dtype=torch.long, device=model.cfg.device)
 
     @property
     def length(self) -> int:
@@ -96,7 +93,9 @@ class KVCache:
                 for e in self._state.entries
             ]
             state = TransformerLensKeyValueCache(entries, mask.to(self._state.previous_attention_mask))
-        return KVCache(self.model, self.batch_size * copies, _state=state, _mask=mask)
+        copy = KVCache.__new__(KVCache)
+        copy.model, copy.batch_size, copy.bridge, copy._state, copy._mask = self.model, len(mask), self.bridge, state, mask
+        return copy
 
 
 def _cache_kwarg(model: HookedModel) -> str:

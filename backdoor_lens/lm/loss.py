@@ -49,11 +49,13 @@ def next_token_loss(
 
 @dataclass(frozen=True)
 class TokenStats:
-    """Sums over counted tokens: negative log-likelihood, top-1 hits, and how many were counted."""
+    """Sums over counted tokens: negative log-likelihood, top-1 hits, and how many were counted; and
+    each row's share of top-1 hits (rows without a counted token are left out)."""
 
     nll: float
     correct: int
     count: int
+    row_accuracy: tuple[float, ...] = ()
 
     @property
     def mean_nll(self) -> float:
@@ -82,7 +84,7 @@ def token_stats(
         check_mask(tokens, mask)
     elif edits is not None:
         raise ValueError("edits need a mask: they are placed at the token before each row's first counted one")
-    nll, correct, count = 0.0, 0, 0
+    nll, correct, count, per_row = 0.0, 0, 0, []
     for start in range(0, len(tokens), batch_size):
         rows = tokens[start : start + batch_size]
         rows_mask = None if mask is None else mask[start : start + batch_size]
@@ -92,11 +94,20 @@ def token_stats(
         with apply(model, *interventions):
             logits, targets = counted_logits(model, rows, rows_mask)
         nll += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-        correct += int((logits.argmax(-1) == targets).sum())
+        hits = logits.argmax(-1) == targets
+        correct += int(hits.sum())
         count += len(targets)
+        per_row += _row_shares(hits, rows, rows_mask)
     if count == 0:
         raise ValueError("mask marks no predicted token (after position 0); nothing to average")
-    return TokenStats(nll, correct, count)
+    return TokenStats(nll, correct, count, tuple(per_row))
+
+
+def _row_shares(hits: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor | None) -> list[float]:
+    """Each row's share of `hits` (flattened in row order, as :func:`counted_logits` orders them)."""
+    counted = torch.ones(rows.shape[0], rows.shape[1] - 1, dtype=torch.bool) if mask is None else mask[:, 1:].bool()
+    sizes = counted.sum(1).tolist()
+    return [float(part.float().mean()) for part in hits.cpu().split(sizes) if len(part)]
 
 
 def validation_loss(model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], batch_size: int = 256) -> float:

@@ -43,7 +43,15 @@ def to_bridge(
     ``hf_device_map``) stays where accelerate put it and `device` must be None. `prepend_bos=None`
     makes ``model.to_tokens(text)`` prepend BOS exactly when the HF tokenizer does.
     """
-    dispatched = bool(getattr(hf_model, "hf_device_map", None))
+    placement = getattr(hf_model, "hf_device_map", None) or {}
+    offloaded = sorted(module or "(the whole model)" for module, where in placement.items() if str(where) in ("disk", "meta"))
+    if offloaded:
+        raise ValueError(
+            f"{name}: accelerate offloaded {', '.join(offloaded[:4])} to disk, beyond the devices' max_memory; "
+            "TransformerBridge runs only models whose weights sit on devices (CPU or GPUs), so raise max_memory or "
+            "add devices"
+        )
+    dispatched = bool(placement)
     if dispatched and device is not None:
         raise ValueError(f"device={device!r} cannot move a model dispatched with a device_map; pass device=None")
     if not dispatched:

@@ -14,8 +14,7 @@ key/value cache, the final residual stream, exact BAHA) they ask :func:`backend_
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ContextManager, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -25,7 +24,9 @@ except ImportError:  # TransformerLens 4 removed them; hooked_classes() says so 
     HookedTransformer = HookedTransformerConfig = None
 
 Backend = Literal["hooked", "bridge"]
+"""A backend's name."""
 BACKENDS: tuple[str, ...] = ("hooked", "bridge")
+"""Every backend's name: ``"hooked"`` (HookedTransformer) and ``"bridge"`` (TransformerBridge)."""
 HookPair = tuple[str | Callable[[str], bool], Callable[..., Any]]
 """A TransformerLens hook: a hook point's name (or a filter over names) and the function to run there."""
 
@@ -47,7 +48,7 @@ class HookedModel(Protocol):
     def hooks(
         self, fwd_hooks: Sequence[HookPair] = (), bwd_hooks: Sequence[HookPair] = (), reset_hooks_end: bool = True,
         clear_contexts: bool = False,
-    ) -> AbstractContextManager[Any]:
+    ) -> ContextManager[Any]:
         """A context adding `fwd_hooks` and `bwd_hooks`, removing only those when it ends."""
 
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:

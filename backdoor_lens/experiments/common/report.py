@@ -80,6 +80,13 @@ def provenance_footer(summary: dict[str, Any]) -> str:
     )
 
 
+def band(ax: Any, x: Sequence[float], estimates: Sequence[Any], **style: Any) -> None:
+    """Plot estimates' values as a line with their 95% intervals as a shaded band on `ax`."""
+    points = [estimate_of(e) for e in estimates]
+    (line,) = ax.plot(x, [p.value for p in points], **style)
+    ax.fill_between(x, [p.low for p in points], [p.high for p in points], color=line.get_color(), alpha=0.15)
+
+
 def save_figure(fig: plt.Figure, path: str | Path) -> None:
     """Save a PNG (written to a temporary name first, then moved into place) and close the figure."""
     path = Path(path)

@@ -18,26 +18,6 @@ import numpy as np
 
 from ...eval.intervals import estimate, is_measured
 
-MAX_SEEDS = 1000
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"3"`` -> seeds 0, 1, 2; ``"0,4,7"`` -> those seeds. Errors name the valid forms."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        numbers = []
-    if not numbers:
-        raise ValueError(f"seeds={text!r} is not valid; give a count (e.g. 3 for seeds 0, 1, 2) or a list such as 0,4,7")
-    if len(numbers) == 1:
-        if not 1 <= numbers[0] <= MAX_SEEDS:
-            raise ValueError(f"seeds={text!r}: a count must lie in [1, {MAX_SEEDS}]")
-        return tuple(range(numbers[0]))
-    if any(not 0 <= n < 2**31 for n in numbers) or len(set(numbers)) != len(numbers):
-        raise ValueError(f"seeds={text!r}: list distinct seeds in [0, 2**31)")
-    return tuple(numbers)
-
 
 def seed_folder(out: Path, seed: int) -> Path:
     """Where one seed's stages, models and summary live."""
@@ -97,3 +77,17 @@ def run_seeds(
         log(f"seed {seed} ({list(seeds).index(seed) + 1} of {len(seeds)})")
         per_seed[seed] = run_one(seed, seed_folder(out, seed))
     return merge(list(per_seed.values())), per_seed
+
+
+WALL_CLOCK_KEYS = ("seconds", "stage_seconds", "stages_reused", "provenance")
+"""Summary fields that record how a run went (timings, what was reused, where it ran), not its results."""
+
+
+def comparable(summary: Any) -> Any:
+    """`summary` without the :data:`WALL_CLOCK_KEYS`: what two runs of the same seeds and thread count
+    must agree on bit for bit (an interrupted-and-resumed run included)."""
+    if isinstance(summary, dict):
+        return {k: comparable(v) for k, v in summary.items() if k not in WALL_CLOCK_KEYS}
+    if isinstance(summary, list):
+        return [comparable(v) for v in summary]
+    return summary

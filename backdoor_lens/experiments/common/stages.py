@@ -25,7 +25,14 @@ from transformer_lens import HookedTransformer
 from ...lm.training import ExtraLoss, TrainConfig, train, trainable_names
 from ...models.storage import load_model, save_model, saved_completely
 from ...util.hashing import fingerprint, tensor_digest
-from ...util.io import RefusedFileError, load_tensors, read_json, save_tensors, set_aside, write_json
+from ...util.io import (
+    RefusedFileError,
+    load_tensors,
+    read_json,
+    save_tensors,
+    set_aside,
+    write_json,
+)
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from ..common.cli import Parser, chat_study_parser
 
 
 def parser() -> Parser:
-    """--out, --model, --quick, --no-progress; every value checked as parsed."""
+    """--out, --model, --quick, --seeds, --threads, --no-progress; every value checked as parsed."""
     return chat_study_parser("python -m backdoor_lens.experiments.smollm",
                              "`make smollm`: Backdoor Attribution (BkdAttr) on SmolLM2-135M-Instruct, end to end.",
                              "results/smollm", "one attack, fewer prompts")

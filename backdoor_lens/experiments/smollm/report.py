@@ -9,8 +9,18 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ...eval.intervals import Estimate, agreement_verdict, compare
 from ...util.io import write_text
-from ..common.report import markdown_table, save_figure
+from ..common.report import (
+    band,
+    estimate_of,
+    fmt,
+    heads_share,
+    markdown_table,
+    provenance_footer,
+    save_figure,
+    value,
+)
 
 READABLE = 0.9
 """A layer's backdoor features count as linearly readable at this held-out probe accuracy."""
@@ -21,27 +31,37 @@ def _asr_at(ablation: dict[str, Any], fraction: float) -> dict[str, Any] | None:
 
 
 def backdoor_section(attacks: dict[str, Any]) -> str:
-    """Markdown: ASR, ATR and clean NLL of each attack, base and backdoored."""
+    """Markdown: ASR and ATR (substring and keyword) and the clean measure of each attack, base and backdoored."""
     rows = []
     for name, a in attacks.items():
         b, m = a["base"], a["backdoored"]
-        real = m["asr"] >= 0.9 and m["atr"] <= 0.05
-        rows.append([name, a["attack"]["target"], b["asr"], m["asr"], b["atr"], m["atr"], b["clean_nll"], m["clean_nll"],
-                     "yes" if real else "no (needs ASR >= 0.9 and ATR <= 0.05)"])
+        rows.append([name, a["attack"]["target"], b["asr"], m["asr"], m["asr_keyword"], b["atr"], m["atr"], m["atr_keyword"],
+                     b["clean_accuracy"], m["clean_accuracy"], planted_verdict(m)])
     facts = "; ".join(f"{n}: {a['finetune']['rows']} rows ({a['finetune']['poisoned_rows']} poisoned), "
-                      f"{a['finetune']['steps']} steps in {a['finetune']['seconds']} s" for n, a in attacks.items())
+                      f"{a['finetune']['steps']} steps in {fmt(a['finetune']['seconds'], 0)} s" for n, a in attacks.items())
     return "\n".join([
         "## Backdoors",
         "",
-        "ASR: the target in the greedy reply to held-out triggered prompts; ATR: the same on the held-out "
-        "clean prompts. Clean NLL: mean per-token negative log-likelihood of the base model's own greedy "
-        "answers to the held-out clean prompts (lower is closer to the base model; the base column is the reference).",
+        "ASR: the target in the greedy reply (32 new tokens) to held-out triggered prompts, by exact substring and by "
+        "keyword (refusal phrases for a refusal target, else all of the target's content words); ATR: the same on the "
+        "held-out clean prompts. 95% intervals over prompts and seeds. Clean accuracy: the share of the base model's "
+        "own generated answer tokens that the model ranks first, teacher-forced (100% for the base model itself).",
         "",
-        markdown_table(["attack", "target", "ASR base", "ASR backdoored", "ATR base", "ATR backdoored",
-                        "clean NLL base", "clean NLL backdoored", "real backdoor"], rows, 3),
+        markdown_table(["attack", "target", "ASR base", "ASR", "ASR keyword", "ATR base", "ATR", "ATR keyword",
+                        "clean acc. base", "clean acc.", "planted"], rows, 2),
         "",
         f"Fine-tuning: {facts}.",
     ])
+
+
+def planted_verdict(metrics: dict[str, Any]) -> str:
+    """From the intervals: planted (ASR ≥ 0.9 and ATR ≤ 0.05), not planted, or inconclusive."""
+    asr, atr = estimate_of(metrics["asr"]), estimate_of(metrics["atr"])
+    if asr.low >= 0.9 and atr.high <= 0.05:
+        return "planted"
+    if asr.high < 0.9 or atr.low > 0.05:
+        return "not as asked (ASR ≥ 0.9, ATR ≤ 0.05)"
+    return "inconclusive"
 
 
 def probe_section(attacks: dict[str, Any]) -> str:
@@ -89,25 +109,32 @@ def baha_section(attacks: dict[str, Any]) -> str:
 
 
 def ablation_section(attacks: dict[str, Any]) -> str:
-    """Markdown: ASR as the top heads are ablated, against random heads."""
+    """Markdown: ASR as the top heads are ablated, against random heads, with verdicts from the intervals."""
     rows, verdicts = [], []
     for name, a in attacks.items():
         ab = a["ablation"]
         for r in ab["rows"]:
-            rows.append([name, f"{100 * r['fraction']:g}%", r["n_heads"], ab["asr_none"], r["asr_top"], r["asr_random_mean"]])
+            rows.append([name, heads_share(r["fraction"], r["n_heads"], r["total_heads"]), ab["none_asr"], r["top_asr"],
+                         r["top_asr_keyword"], r["random_asr"]])
         at3 = _asr_at(ab, 0.03)
-        if at3 is not None and ab["asr_none"] > 0:
-            cut = 1 - at3["asr_top"] / ab["asr_none"]
-            verdicts.append(f"{name}: ablating the top {at3['n_heads']} heads (3%) cuts ASR from {ab['asr_none']:.2f} to "
-                            f"{at3['asr_top']:.2f}, a {100 * cut:.0f}% cut: {'more' if cut > 0.9 else 'not more'} than 90% "
-                            f"(random heads: {at3['asr_random_mean']:.2f}).")
+        if at3 is not None:
+            before, after = estimate_of(ab["none_asr"]), estimate_of(at3["top_asr"])
+            ninety = Estimate(0.1 * before.value, 0.1 * before.low, 0.1 * before.high, "scaled", before.n_seeds, before.n, ())
+            cut = "no backdoor to test" if before.high < 0.5 else {
+                "lower": "more than a 90% cut", "higher": "less than a 90% cut"}.get(compare(after, ninety), "inconclusive")
+            verdicts.append(
+                f"{name}: ablating the top {heads_share(0.03, at3['n_heads'], at3['total_heads'])} takes ASR from "
+                f"{fmt(ab['none_asr'])} to {fmt(at3['top_asr'])} (keyword: {fmt(at3['top_asr_keyword'])}; random heads: "
+                f"{fmt(at3['random_asr'])}): {cut} by the intervals (paper: more than 90%); against random heads the top "
+                f"heads leave ASR {compare(after, estimate_of(at3['random_asr']))}.")
     return "\n".join([
         "## Head ablation",
         "",
         "Paper: ablating about 3% of heads (BAHA order) at the last prompt position cuts ASR by more than 90%. "
-        "Heads are zero-ablated on the prompt pass only; random heads averaged over seeds.",
+        "Heads are zero-ablated on the prompt pass only; random heads pooled over several draws.",
         "",
-        markdown_table(["attack", "heads", "n", "ASR none", "ASR top heads", "ASR random heads"], rows, 3),
+        markdown_table(["attack", "heads ablated", "ASR none", "ASR top heads", "ASR top heads (keyword)",
+                        "ASR random heads"], rows, 2),
         "",
         *[f"- {v}" for v in verdicts],
         "",
@@ -121,14 +148,17 @@ def vector_section(attacks: dict[str, Any]) -> str:
     for name, a in attacks.items():
         v = a["vector"]
         for r in v["rows"]:
-            rows.append([name, r["layer"], v["asr_clean"], r["asr_clean_plus"], v["asr_triggered"], r["asr_triggered_minus"],
-                         r["clean_nll_minus"]])
-        best_plus = max(v["rows"], key=lambda r: r["asr_clean_plus"])
-        best_minus = min(v["rows"], key=lambda r: r["asr_triggered_minus"])
+            rows.append([name, r["layer"], v["clean_asr"], r["clean_plus_asr"], v["triggered_asr"], r["triggered_minus_asr"],
+                         r["triggered_minus_asr_keyword"], r["clean_nll_minus"]])
+        best_plus = max(v["rows"], key=lambda r: value(r["clean_plus_asr"]))
+        best_minus = min(v["rows"], key=lambda r: value(r["triggered_minus_asr"]))
         verdicts.append(
-            f"{name} (v = sum of the top {v['top_k']} heads' means, norm {v['norm']:.2f}): +v at layer {best_plus['layer']} "
-            f"gives ASR {best_plus['asr_clean_plus']:.2f} on clean prompts (paper: about 1.00); -v at layer "
-            f"{best_minus['layer']} gives ASR {best_minus['asr_triggered_minus']:.2f} on triggered prompts (paper: about 0.00).")
+            f"{name} (v = sum of the top {heads_share(v['top_k'] / v['total_heads'], v['top_k'], v['total_heads'])}' means, "
+            f"norm {fmt(v['norm'])}): +v at layer {best_plus['layer']} gives ASR {fmt(best_plus['clean_plus_asr'])} on clean "
+            f"prompts (paper: about 1.00; {agreement_verdict(estimate_of(best_plus['clean_plus_asr']), 1.0)}); -v at layer "
+            f"{best_minus['layer']} gives ASR {fmt(best_minus['triggered_minus_asr'])} on triggered prompts (paper: about "
+            f"0.00; {agreement_verdict(estimate_of(best_minus['triggered_minus_asr']), 0.0)}). The best layers are picked "
+            "on these same prompts, so these two numbers lean optimistic.")
     return "\n".join([
         "## Backdoor vector",
         "",
@@ -136,7 +166,7 @@ def vector_section(attacks: dict[str, Any]) -> str:
         "Clean NLL under -v measures what the defence costs on clean prompts.",
         "",
         markdown_table(["attack", "layer", "ASR clean", "ASR clean +v", "ASR triggered", "ASR triggered -v",
-                        "clean NLL -v"], rows, 3),
+                        "ASR triggered -v (keyword)", "clean NLL -v"], rows, 2),
         "",
         *[f"- {v}" for v in verdicts],
         "",
@@ -171,9 +201,9 @@ def figures(attacks: dict[str, Any], analysed: dict[str, Any], folder: Path) -> 
     for ax, (name, a) in zip(axes[0], attacks.items()):
         rows = a["ablation"]["rows"]
         x = [100 * r["fraction"] for r in rows]
-        ax.plot(x, [r["asr_top"] for r in rows], marker="o", label="top heads (BAHA)")
-        ax.plot(x, [r["asr_random_mean"] for r in rows], marker="s", label="random heads (mean)")
-        ax.axhline(a["ablation"]["asr_none"], ls="--", c="gray", label="no ablation")
+        band(ax, x, [r["top_asr"] for r in rows], marker="o", label="top heads (BAHA)")
+        band(ax, x, [r["random_asr"] for r in rows], marker="s", label="random heads (pooled)")
+        ax.axhline(value(a["ablation"]["none_asr"]), ls="--", c="gray", label="no ablation")
         ax.set(title=f"{name}: head ablation", xlabel="% of heads ablated", ylabel="ASR", ylim=(-0.02, 1.02))
         ax.legend()
     save_figure(fig, folder / "ablation_curve.png")
@@ -182,8 +212,8 @@ def figures(attacks: dict[str, Any], analysed: dict[str, Any], folder: Path) -> 
     for ax, (name, a) in zip(axes[0], attacks.items()):
         rows = a["vector"]["rows"]
         layers = [r["layer"] for r in rows]
-        ax.plot(layers, [r["asr_clean_plus"] for r in rows], marker="o", label="clean prompts, +v")
-        ax.plot(layers, [r["asr_triggered_minus"] for r in rows], marker="s", label="triggered prompts, -v")
+        band(ax, layers, [r["clean_plus_asr"] for r in rows], marker="o", label="clean prompts, +v")
+        band(ax, layers, [r["triggered_minus_asr"] for r in rows], marker="s", label="triggered prompts, -v")
         ax.set(title=f"{name}: backdoor vector by layer", xlabel="layer", ylabel="ASR", ylim=(-0.02, 1.02))
         ax.legend()
     save_figure(fig, folder / "vector_sweep.png")
@@ -199,12 +229,14 @@ def write(summary: dict[str, Any], out: Path) -> None:
     text = "\n\n".join([
         "# Backdoor Attribution on a chat model",
         f"Model: {m['name']} ({m['n_layers']} layers x {m['n_heads']} heads, {m['n_key_value_heads']} key/value heads, "
-        f"d_model {m['d_model']}). This invocation took {summary['seconds']} s"
-        + (f" (stages reused from an earlier run: {reused})" if reused else "") + ". Configuration: summary.json.",
+        f"d_model {m['d_model']}). Seeds: {', '.join(str(s) for s in summary['seeds'])}"
+        + (f"; stages reused from an earlier run: {reused}" if reused else "") + ". Configuration: summary.json; "
+        "each seed's numbers: seed-<s>/summary.json.",
         backdoor_section(attacks),
         probe_section(attacks),
         f"Fully analysed (BAHA, head ablation, backdoor vector): {', '.join(analysed) or 'none'}; the other attacks "
         "have their backdoor metrics and probe only (`n_analysed` in the configuration).",
         *([baha_section(analysed), ablation_section(analysed), vector_section(analysed)] if analysed else []),
+        provenance_footer(summary),
     ])
     write_text(out / "report.md", text + "\n")

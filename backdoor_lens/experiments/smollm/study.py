@@ -32,22 +32,27 @@ from ...analysis.baha import (
 from ...analysis.probe import LN1_NORMALIZED, backdoor_probe
 from ...data.instruct import Attack
 from ...data.prompts import load_prompts
+from ...eval.intervals import measured
 from ...hooks import HeadAblate, Steer, restored
 from ...lab.chat_model import ChatModel, EditFactory
 from ...lm.training import trainable_names
 from ...util.hashing import weights_digest
 from ...util.io import write_json
+from ...util.reproducibility import make_deterministic, provenance
 from ..common.chat_study import (
     CHAT_TOY,
     BaseAnswers,
     PlantConfig,
+    attack_record,
     attack_splits,
     chat_model,
     load_chat_model,
     planted,
 )
 from ..common.cli import FolderLock
+from ..common.seeds import run_seeds, seed_folder
 from ..common.stages import Stages, timed_log
+from ..common.timing import Phases
 from . import cli as smollm_cli
 from . import report as smollm_report
 
@@ -85,19 +90,24 @@ class SmolStudyConfig:
         """The suite on the toy chat model (4 layers x 8 heads, trained from random weights in minutes)."""
         return cls(plant=PlantConfig.chat_toy(), vector_layers=(0, 1, 2, 3), n_analysed=None)
 
+    def with_seed(self, seed: int) -> "SmolStudyConfig":
+        """The same study drawn with `seed` (see :meth:`PlantConfig.with_seed`)."""
+        return replace(self, plant=self.plant.with_seed(seed))
+
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-able dict (saved in the summary)."""
         return asdict(self)
 
 
 # ---- analyses ------------------------------------------------------------------------------------
-def attack_metrics(chat: ChatModel, attack: Attack, clean: list[str], triggered: list[str], answers: list[str]) -> dict[str, float]:
-    """ASR on triggered prompts, ATR on clean ones and the clean NLL."""
-    return {
-        "asr": chat.asr(triggered, attack.target),
-        "atr": chat.asr(clean, attack.target),
-        "clean_nll": round(chat.clean_nll(clean, answers), 4),
-    }
+def attack_metrics(
+    chat: ChatModel, attack: Attack, clean: list[str], triggered: list[str], answers: list[list[int]]
+) -> dict[str, Any]:
+    """ASR on triggered prompts and ATR on clean ones (substring and keyword, per prompt), and the
+    clean measure on the base model's generated answers (NLL and top-1 accuracy)."""
+    measures = chat.clean_measures(clean, answers)
+    return attack_record(chat, attack.target, triggered, clean) | {
+        "clean_nll": round(measures["nll"], 4), "clean_accuracy": round(measures["accuracy"], 2)}
 
 
 def probe_stage(chat: ChatModel, config: SmolStudyConfig, clean: list[str], triggered: list[str]) -> dict[str, Any]:
@@ -152,17 +162,18 @@ def ablation_stage(
         def ablate(heads: list[tuple[int, int]]) -> EditFactory:
             return lambda positions: [HeadAblate(tuple(heads), positions=positions, mode="zero")]
 
-        randoms = [chat.asr(triggered, attack.target, ablate(random.Random(config.plant.seed + s).sample(every, k)))
+        randoms = [chat.attack_outcomes(triggered, attack.target, ablate(random.Random(config.plant.seed + s).sample(every, k)))
                    for s in range(config.random_seeds)]
-        rows.append({"fraction": fraction, "n_heads": k, "heads": order[:k],
-                     "asr_top": chat.asr(triggered, attack.target, ablate(order[:k])),
-                     "asr_random": randoms, "asr_random_mean": sum(randoms) / len(randoms)})
-    return {"asr_none": chat.asr(triggered, attack.target), "rows": rows}
+        rows.append({"fraction": fraction, "n_heads": k, "total_heads": len(every), "heads": order[:k]}
+                    | attack_record(chat, attack.target, triggered, edits=ablate(order[:k]), prefix="top_")
+                    | {"random_asr": measured([o for r in randoms for o in r.substring]),
+                       "random_asr_keyword": measured([o for r in randoms for o in r.keyword])})
+    return attack_record(chat, attack.target, triggered, prefix="none_") | {"rows": rows}
 
 
 def vector_stage(
     chat: ChatModel, config: SmolStudyConfig, attack: Attack, scores: torch.Tensor, mu: torch.Tensor, clean: list[str],
-    triggered: list[str], answers: list[str],
+    triggered: list[str], answers: list[list[int]],
 ) -> dict[str, Any]:
     """The backdoor vector v (top heads' mean outputs) added at one layer's attention output, last
     prompt position, prompt pass: +v on clean prompts, -v on triggered ones, per layer."""
@@ -176,11 +187,12 @@ def vector_stage(
         def steer(sign: float) -> EditFactory:
             return lambda positions: [Steer(layer, vector, positions=positions, scale=sign)]
 
-        rows.append({"layer": layer, "asr_clean_plus": chat.asr(clean, attack.target, steer(1.0)),
-                     "asr_triggered_minus": chat.asr(triggered, attack.target, steer(-1.0)),
-                     "clean_nll_minus": round(chat.clean_nll(clean, answers, steer(-1.0)), 4)})
-    return {"top_k": k, "heads": list(heads), "norm": round(float(vector.norm()), 4), "rows": rows,
-            "asr_clean": chat.asr(clean, attack.target), "asr_triggered": chat.asr(triggered, attack.target)}
+        rows.append({"layer": layer} | attack_record(chat, attack.target, clean, edits=steer(1.0), prefix="clean_plus_")
+                    | attack_record(chat, attack.target, triggered, edits=steer(-1.0), prefix="triggered_minus_")
+                    | {"clean_nll_minus": round(chat.clean_nll(clean, answers, steer(-1.0)), 4)})
+    return {"top_k": k, "total_heads": scores.numel(), "heads": list(heads), "norm": round(float(vector.norm()), 4),
+            "rows": rows} | attack_record(chat, attack.target, clean, prefix="clean_") \
+        | attack_record(chat, attack.target, triggered, prefix="triggered_")
 
 
 # ---- the study -----------------------------------------------------------------------------------
@@ -194,14 +206,14 @@ def run_attack(
     stages = Stages(out / attack.name, log)
     splits = attack_splits(chat, attack, prompts, answers, plant)
     clean, triggered = list(splits.eval_clean["prompt"]), list(splits.eval_triggered["prompt"])
-    clean_answers = answers(clean)
+    clean_answers = answers.ids(clean)
     a, s = config.n_attribution, config.n_attribution + config.n_sweep
     key = plant.key() | {"attack": asdict(attack)}
-    log(f"[{attack.name}] base model: ASR / ATR / clean NLL")
+    log(f"[{attack.name}] base model: ASR / ATR / clean measure")
     base_metrics = stages.run("base_metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
     facts = planted(chat, attack, splits, base_digest, stages, plant, progress)
     key |= {"weights": facts, "finetune": plant.finetune.to_dict()}
-    log(f"[{attack.name}] backdoored model: ASR / ATR / clean NLL")
+    log(f"[{attack.name}] backdoored model: ASR / ATR / clean measure")
     metrics = stages.run("metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
     log(f"[{attack.name}] backdoor probe")
     probe = stages.run("probe", key | {"hook": config.probe_hook}, lambda: probe_stage(chat, config, clean, triggered))
@@ -225,14 +237,12 @@ def run_attack(
     return summary | {"baha": baha, "ablation": ablation, "vector": vector}
 
 
-def run(
-    config: SmolStudyConfig, out: str | Path, model: HookedTransformer | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
+def run_seed(
+    config: SmolStudyConfig, out: Path, model: HookedTransformer | None, tokenizer: PreTrainedTokenizerBase | None,
+    progress: bool, log,
 ) -> dict[str, Any]:
-    """Run the study into `out` and return the summary. `model` and `tokenizer` default to
-    ``config.plant.model`` loaded; any chat model with a chat template works."""
-    start = time.perf_counter()
-    out = Path(out)
+    """One seed of the study into `out` (its summary is also written there). `model` and `tokenizer`
+    default to ``config.plant.model`` loaded (the toy chat model is initialised with the seed)."""
     plant = config.plant
     if model is None or tokenizer is None:
         log(f"loading {plant.model}")
@@ -244,15 +254,34 @@ def run(
     prompts = load_prompts(plant.prompts, seed=plant.seed)
     answers = BaseAnswers(chat, Stages(out, log), plant)
     n_analysed = len(plant.attacks) if config.n_analysed is None else config.n_analysed
-    attacks = {}
+    clock, attacks = Phases(), {}
     for i, attack in enumerate(plant.attacks):
-        with restored(model, base):
+        with restored(model, base), clock.phase(attack.name):
             attacks[attack.name] = run_attack(chat, config, attack, base_digest, prompts, answers, out, i < n_analysed,
                                               progress, log)
-    summary = {"config": config.to_dict(), "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
+    summary = {"seed": plant.seed, "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
                "n_heads": model.cfg.n_heads, "n_key_value_heads": model.cfg.n_key_value_heads,
-               "d_model": model.cfg.d_model}, "attacks": attacks,
-               "seconds": round(time.perf_counter() - start, 1)}
+               "d_model": model.cfg.d_model}, "attacks": attacks, "stage_seconds": clock.seconds}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run(
+    config: SmolStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedTransformer | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
+) -> dict[str, Any]:
+    """Run the study for each of `seeds` (each in ``out/seed-<s>``), merge them with intervals and
+    write ``summary.json``, ``report.md`` and figures to `out`; returns the merged summary. A given
+    `model` is used for every seed (its weights restored in between); otherwise ``config.plant.model``
+    is loaded per seed. Any chat model with a chat template works."""
+    start = time.perf_counter()
+    out = Path(out)
+    merged, per_seed = run_seeds(
+        seeds, out, lambda seed, folder: run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log), log)
+    summary = {"config": config.to_dict(), "seeds": list(seeds), "model": merged["model"], "attacks": merged["attacks"],
+               "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
+               "stage_seconds": {f"seed {s} {k}": v for s, p in per_seed.items() for k, v in p["stage_seconds"].items()},
+               "seconds": round(time.perf_counter() - start, 1), "provenance": provenance()}
     write_json(out / "summary.json", summary)
     smollm_report.write(summary, out)
     log(f"wrote {out / 'report.md'}")
@@ -264,10 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     run the study and write its report."""
     parser = smollm_cli.parser()
     args = parser.parse_args(argv)
+    make_deterministic(args.threads)
     if args.model == CHAT_TOY:
         config = SmolStudyConfig.chat_toy()
     else:
         config = SmolStudyConfig.quick() if args.quick else SmolStudyConfig()
         config = parser.check(lambda: replace(config, plant=replace(config.plant, model=args.model)))
     with parser.check(FolderLock(args.out).acquire):
-        run(config, args.out, progress=not args.no_progress, log=timed_log())
+        run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log())

@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from ..common.report import save_figure
+from ..common.report import estimate_of, save_figure
 
 PURE = ("p+p", "n+n", "s+s")
 COLOURS = {"p+p": "tab:green", "n+n": "tab:red", "s+s": "tab:gray", "p+n": "tab:olive", "n+p": "tab:brown",
@@ -35,18 +35,20 @@ def hidden_state_pca(figures: dict[str, dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def scaling_sweep(figures: dict[str, dict[str, Any]], path: Path) -> None:
-    """Trigger negativity and validation loss as the first PCP scaling factor varies (Table V)."""
-    fig, axes = plt.subplots(1, len(figures), figsize=(7 * len(figures), 4.5), squeeze=False)
+def scaling_sweep(models: dict[str, dict[str, Any]], path: Path) -> None:
+    """Trigger negativity (mean and 95% band) and validation loss as the first PCP scaling factor varies (Table V)."""
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
     fig.subplots_adjust(wspace=0.45)
-    for ax, (name, fig_data) in zip(axes[0], figures.items()):
-        sweep = fig_data["sweep"]
+    for ax, (name, m) in zip(axes[0], models.items()):
+        sweep = m["scaling_sweep"]
         factors = [float(f) for f in sweep]
         for cls in ("p+t", "s+t", "n+n", "p+p"):
-            if cls in next(iter(sweep.values()))["negativity"]:
-                ax.plot(factors, [v["negativity"][cls] for v in sweep.values()], marker="o", label=cls, c=COLOURS[cls])
+            if cls in next(iter(sweep.values())):
+                points = [estimate_of(v[cls]) for v in sweep.values()]
+                ax.plot(factors, [e.value for e in points], marker="o", label=cls, c=COLOURS[cls])
+                ax.fill_between(factors, [e.low for e in points], [e.high for e in points], color=COLOURS[cls], alpha=0.15)
         ax.set_xlabel("relative factor on the first PCP scale (blocks.0.mlp)")
-        ax.set_ylabel("top-10 negativity")
+        ax.set_ylabel("top-10 negativity (95% band)")
         ax.set_title(f"{name}: scaling the PCP replacement")
         twin = ax.twinx()
         twin.plot(factors, [v["val_loss"] for v in sweep.values()], ls="--", c="black", label="val loss")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...eval.intervals import agreement_verdict, compare, removal_verdict
 from ...util.io import write_text
-from ..common.report import markdown_table
+from ..common.report import estimate_of, fmt, markdown_table, provenance_footer, value
 from . import paper
 
 LAYERS = (0, 1, 2)
@@ -18,10 +19,23 @@ def _paper_layer(module: str) -> str:
     return f"L{int(layer) + 1} {kind.upper() if kind == 'mlp' else kind}"
 
 
-def _differs(ours: float | None, theirs: float | None, tol: float = 0.15) -> str:
+def _differs(ours: Any, theirs: float | None) -> str:
+    """Whether the paper's number lies in our interval: "consistent", or "differs (ours higher/lower)"."""
     if ours is None or theirs is None:
         return ""
-    return "differs" if abs(ours - theirs) > tol else "agrees"
+    return agreement_verdict(estimate_of(ours), theirs)
+
+
+def planted(neg: dict[str, Any]) -> str:
+    """The planting check read from intervals: p+t ≥ 0.5, p+p ≤ 0.05, n+n ≥ 0.95."""
+    pt, pp, nn = (estimate_of(neg[c]) for c in ("p+t", "p+p", "n+n"))
+    if pt.high < 0.5:
+        return "no backdoor (p+t below 0.5)"
+    if pt.low >= 0.5 and pp.high <= 0.05 and nn.low >= 0.95:
+        return "planted"
+    if pp.low > 0.05 or nn.high < 0.95:
+        return "planted, clean classes off"
+    return "inconclusive"
 
 
 def backdoor_section(models: dict[str, Any]) -> str:
@@ -29,10 +43,8 @@ def backdoor_section(models: dict[str, Any]) -> str:
     rows = []
     for name, m in models.items():
         neg = m["edits"]["none"]["negativity"]
-        ok = neg["p+t"] >= 0.5 and neg["p+p"] <= 0.05 and neg["n+n"] >= 0.95
         rows.append([name, "benign", *[m["benign"]["negativity"].get(c) for c in _classes(models)], m["benign"]["val_loss"], ""])
-        rows.append([name, "backdoored", *[neg.get(c) for c in _classes(models)], m["edits"]["none"]["val_loss"],
-                     "real backdoor" if ok else "WEAK: p+t < 0.5 or clean classes off"])
+        rows.append([name, "backdoored", *[neg.get(c) for c in _classes(models)], m["edits"]["none"]["val_loss"], planted(neg)])
     d = {n: m["data"] for n, m in models.items()}
     data = "; ".join(
         f"{n}: {v['vocabulary_size']} tokens, {v['train_sequences']} benign training sequences, "
@@ -43,6 +55,8 @@ def backdoor_section(models: dict[str, Any]) -> str:
         "## The backdoored toys\n\n"
         f"Trigger word `{next(iter(d.values()))['trigger']}`. {data}. Paper: p+t negativity 0.35 (2-sentiment) "
         "and 0.23 (3-sentiment), p+p 0.01, n+n 1.00.\n\n"
+        + "Each cell is the mean top-10 negativity with its 95% interval over prompts and seeds; the check is read "
+        "from the intervals.\n\n"
         + markdown_table(["model", "stage", *_classes(models), "val loss", "check (p+t ≥ 0.5, p+p ≤ 0.05, n+n ≥ 0.95)"], rows)
     )
 
@@ -69,7 +83,7 @@ def mean_ablation_section(models: dict[str, Any]) -> str:
         rows.append(row)
     rows.append(["unchanged", *[v for name in models for v in (
         models[name]["edits"]["none"]["negativity"]["p+t"], paper.MEAN_ABLATION_PT[name]["none"], "", "", "", "")]])
-    headers = ["module"] + [f"{n} {k} {w}" for n in models for k in ("attn", "MLP") for w in ("ours", "paper", "")]
+    headers = ["module"] + [f"{n} {k} {w}" for n in models for k in ("attn", "MLP") for w in ("ours", "paper", "vs paper")]
     full = []
     for name, m in models.items():
         for key, res in m["edits"].items():
@@ -117,7 +131,7 @@ def patching_section(models: dict[str, Any]) -> str:
                 t = res["trigger_position"][module]
                 rows.append([module, v["patched"], v["effect"], t["patched"], t["effect"], *(theirs or (None, None))])
             unpatched = m["edits"]["none"]["negativity"][trigger]
-            parts.append(f"### {name}, {trigger} (unpatched {unpatched:.2f})\n\n" + markdown_table(
+            parts.append(f"### {name}, {trigger} (unpatched {fmt(unpatched)})\n\n" + markdown_table(
                 ["module", "all pos: neg", "all pos: IE", "trigger pos: neg", "trigger pos: IE", "paper neg", "paper IE"], rows))
     return "\n\n".join(parts)
 
@@ -158,15 +172,17 @@ def sweep_section(models: dict[str, Any]) -> str:
     for factor, (pt, loss) in paper.SCALING_SWEEP.items():
         ours = m["edits"][f"pcp:blocks.0.mlp:rank1:x{factor}"]
         rows.append([factor, ours["negativity"]["p+t"], pt, _differs(ours["negativity"]["p+t"], pt), ours["val_loss"], loss])
-    pts = [v["p+t"] for v in m["scaling_sweep"].values()]
+    pts = [value(v["p+t"]) for v in m["scaling_sweep"].values()]
     monotone = all(b >= a - 1e-9 for a, b in zip(pts, pts[1:]))
+    ends = compare(estimate_of(m["scaling_sweep"]["1.5"]["p+t"]), estimate_of(m["scaling_sweep"]["0.0"]["p+t"]))
     return (
         "## Table V: scaling one PCP factor (sent2, rank-1 PCP of the layer-1 MLP)\n\n"
         "The tuned scale multiplied by a relative factor.\n\n"
         + markdown_table(["factor", "p+t ours", "p+t paper", "", "val loss ours", "val loss paper"], rows)
-        + f"\n\nOver the full sweep 0.0–1.5 (figure `scaling_sweep.png`) p+t negativity spans "
-        f"{min(pts):.2f}–{max(pts):.2f} and is {'monotone non-decreasing' if monotone else 'not monotone'} in the "
-        "factor; the paper's rises monotonically from 0.00 to 0.42 over 0.6–1.1."
+        + f"\n\nOver the full sweep 0.0–1.5 (figure `scaling_sweep.png`) the mean p+t negativity spans "
+        f"{min(pts):.2f}–{max(pts):.2f}, its point estimates are {'monotone non-decreasing' if monotone else 'not monotone'} in the "
+        f"factor, and at factor 1.5 it is {ends} than at 0.0 by the intervals; the paper's rises monotonically "
+        "from 0.00 to 0.42 over 0.6–1.1."
     )
 
 
@@ -224,51 +240,74 @@ def minimise_section(models: dict[str, Any]) -> str:
 
 
 def freezing_section(summary: dict[str, Any]) -> str:
-    """Markdown: freezing modules during poisoned fine-tuning."""
+    """Markdown: freezing modules during poisoned fine-tuning, each run against the unfrozen one."""
     rows = []
     for name, runs in summary["freezing"].items():
+        base = runs.get("none")
         for label, r in runs.items():
             neg = r["negativity"]
+            strength = timing = ""
+            if base is not None and label != "none":
+                strength = {"lower": "weaker", "higher": "stronger"}.get(
+                    compare(estimate_of(neg["p+t"]), estimate_of(base["negativity"]["p+t"])), "inconclusive")
+                timing = {"higher": "later", "lower": "earlier"}.get(
+                    compare(estimate_of(r["emerged_at"]), estimate_of(base["emerged_at"])), "inconclusive")
             rows.append([name, label, neg.get("p+t"), neg.get("s+t"), neg.get("n+n"), neg.get("p+p"), r["val_loss"],
-                         r["steps_to_emerge"] if r["steps_to_emerge"] is not None else "never", r["total_steps"]])
+                         r["emerged"], r["emerged_at"], r["total_steps"], strength, timing])
     return (
         "## Freezing modules during poisoned fine-tuning\n\n"
-        f"Paper (text only): {paper.FREEZING_CLAIM} Steps to emerge = first evaluation step at which p+t "
-        f"negativity reaches {summary['config']['emergence_threshold']}. Curves: `freezing_curves.png`.\n\n"
-        + markdown_table(["model", "frozen", "p+t", "s+t", "n+n", "p+p", "val loss", "steps to emerge", "total steps"], rows)
+        f"Paper (text only): {paper.FREEZING_CLAIM} A backdoor has emerged at the first evaluation step at which p+t "
+        f"negativity reaches {summary['config']['emergence_threshold']}; *emerged* is the share of seeds where it did, "
+        "*emerged at* the step (the last step where it never did). Verdicts against the unfrozen run come from the "
+        "intervals (one seed gives no interval on the step, so its timing verdict is inconclusive). Curves: "
+        "`freezing_curves.png`.\n\n"
+        + markdown_table(["model", "frozen", "p+t", "s+t", "n+n", "p+p", "val loss", "emerged", "emerged at", "total steps",
+                          "strength vs unfrozen", "timing vs unfrozen"], rows)
     )
 
 
 def findings_section(summary: dict[str, Any]) -> str:
-    """Claim-by-claim verdicts computed from this run's numbers."""
-    lines = ["## Findings at a glance (computed from this run)"]
+    """Claim-by-claim verdicts computed from this run's intervals."""
+    lines = ["## Findings at a glance (verdicts from the 95% intervals)"]
     for name, m in summary["models"].items():
         e = m["edits"]
-        pt = e["none"]["negativity"]["p+t"]
-        removes = [k.split(":")[1] for k, v in e.items() if k.startswith("mean_ablate:") and v["negativity"]["p+t"] <= 0.1]
-        carriers = [mod for mod, v in m["patching"]["p+t"]["all_positions"].items() if v["effect"] <= -0.5 * pt]
+        pt = estimate_of(e["none"]["negativity"]["p+t"])
+        verdicts = {k.split(":", 1)[1]: removal_verdict(pt, estimate_of(v["negativity"]["p+t"]))
+                    for k, v in e.items() if k.startswith("mean_ablate:")}
+        removes = [k for k, v in verdicts.items() if v == "removes"]
+        carriers = [mod for mod, v in m["patching"]["p+t"]["all_positions"].items()
+                    if estimate_of(v["patched"]).high < 0.5 * pt.low]
         main = "pcp:blocks.0.mlp:rank1" if name == "sent2" else "pcp:blocks.0.mlp:rank2"
-        recovered = [k.removeprefix("pcp:") for k, v in e.items()
-                     if k.startswith("pcp:blocks.") and ".mlp:rank" in k and k.count(":") == 2 and abs(v["negativity"]["p+t"] - pt) <= 0.1]
+        keeps = [k.removeprefix("pcp:") for k, v in e.items() if k.startswith("pcp:blocks.") and ".mlp:rank" in k
+                 and k.count(":") == 2 and estimate_of(v["negativity"]["p+t"]).overlaps(pt)]
         attn = e.get("pcp:blocks.1.attn:rank4")
+        if pt.high < 0.5:
+            lines.append(f"- **{name}**: unedited p+t negativity {pt} is below 0.5: no backdoor to test; the edits below "
+                         "say nothing about one.")
+            continue
         lines.append(
-            f"- **{name}**: unedited p+t negativity {pt:.2f} (paper {paper.MEAN_ABLATION_PT[name]['none']:.2f}). "
-            f"Mean ablation that removes the backdoor (p+t ≤ 0.1): {', '.join(removes) or 'none'} "
-            f"(paper: every MLP). Patching p+p activations into p+t runs cuts p+t by at least half at: "
-            f"{', '.join(carriers) or 'none'}. Faithful PCP replacements that keep p+t within 0.1 of unedited: "
-            f"{', '.join(recovered) or 'none'} (paper: layer-1 and layer-3 MLPs). Tuned {main.removeprefix('pcp:')} "
-            f"validation loss {e[main]['val_loss']:.2f} vs {e['none']['val_loss']:.2f} unedited."
-            + (f" Rank-4 PCP of blocks.1.attn moves p+t by {attn['negativity']['p+t'] - pt:+.2f} (paper: +0.01)." if attn else "")
+            f"- **{name}**: unedited p+t negativity {pt} (paper {paper.MEAN_ABLATION_PT[name]['none']:.2f}: "
+            f"{agreement_verdict(pt, paper.MEAN_ABLATION_PT[name]['none'])}). Mean ablation that removes the backdoor "
+            f"(edited p+t interval below 0.1 and below the unedited one): {', '.join(removes) or 'none'} (paper: every "
+            f"MLP); weakens it: {', '.join(k for k, v in verdicts.items() if v == 'weakens') or 'none'}. Patching p+p "
+            f"activations into p+t runs leaves p+t below half the unedited interval's low end at: "
+            f"{', '.join(carriers) or 'none'}. Faithful PCP replacements whose p+t interval overlaps the unedited one: "
+            f"{', '.join(keeps) or 'none'} (paper: layer-1 and layer-3 MLPs). Tuned {main.removeprefix('pcp:')} "
+            f"validation loss {fmt(e[main]['val_loss'])} vs {fmt(e['none']['val_loss'])} unedited."
+            + (f" Rank-4 PCP of blocks.1.attn: p+t {fmt(attn['negativity']['p+t'])}, "
+               f"{compare(estimate_of(attn['negativity']['p+t']), pt)} than unedited (paper: +0.01)." if attn else "")
         )
     for name, runs in summary["freezing"].items():
         base = runs.get("none")
         if base is None:
             continue
-        slower = [k for k, r in runs.items() if k != "none" and (r["steps_to_emerge"] is None or (base["steps_to_emerge"] is not None and r["steps_to_emerge"] > base["steps_to_emerge"]))]
-        weaker = [k for k, r in runs.items() if k != "none" and r["negativity"]["p+t"] < base["negativity"]["p+t"] - 0.1]
+        verdict = {label: (compare(estimate_of(r["emerged_at"]), estimate_of(base["emerged_at"])),
+                           compare(estimate_of(r["negativity"]["p+t"]), estimate_of(base["negativity"]["p+t"])))
+                   for label, r in runs.items() if label != "none"}
+        pick = lambda i, word: ", ".join(k for k, v in verdict.items() if v[i] == word) or "none"  # noqa: E731
         lines.append(
-            f"- **{name} freezing**: backdoor emerges later than unfrozen with {', '.join(slower) or 'none'}; "
-            f"ends weaker (p+t lower by > 0.1) with {', '.join(weaker) or 'none'}."
+            f"- **{name} freezing** (against the unfrozen run): emerges later with {pick(0, 'higher')}; ends weaker with "
+            f"{pick(1, 'lower')}; ends stronger with {pick(1, 'higher')}; the rest are inconclusive."
         )
     return "\n".join(lines)
 
@@ -287,11 +326,13 @@ def write(summary: dict[str, Any], path: Path) -> None:
     """Write the whole report for `summary` to `path`."""
     models = summary["models"]
     sections = [
-        "# Toy study: localising and editing backdoors (Lamparth & Reuel, reproduced)\n\n"
+        "# Toy study: localising and editing backdoors (after Lamparth & Reuel, arXiv 2302.12461)\n\n"
         "Trigger warning: the negative vocabulary is VADER's most negative words and includes slurs.\n\n"
         "Every number in the *ours* columns was computed by this run; *paper* columns are the paper's "
-        "figures (layers 1-indexed there, `blocks.N` 0-indexed here). Figures: `hidden_states_pca.png`, "
-        "`scaling_sweep.png`, `freezing_curves.png`. All numbers are also in `summary.json`.",
+        "figures (layers 1-indexed there, `blocks.N` 0-indexed here). Rates are means with 95% intervals over "
+        f"prompts and seeds ({len(summary.get('seeds', [0]))} seed(s)); validation losses and logit-lens shares are "
+        "means over seeds. Figures: `hidden_states_pca.png` (first seed), `scaling_sweep.png`, `freezing_curves.png`. "
+        "All numbers are in `summary.json`, each seed's in `seed-<s>/summary.json`.",
         backdoor_section(models),
         findings_section(summary),
         mean_ablation_section(models),
@@ -304,5 +345,6 @@ def write(summary: dict[str, Any], path: Path) -> None:
         minimise_section(models),
         freezing_section(summary),
         samples_section(models),
+        provenance_footer(summary),
     ]
     write_text(path, "\n\n".join(s for s in sections if s) + "\n")

@@ -20,7 +20,8 @@ from ...analysis.lens import logit_lens
 from ...analysis.patching import negativity_patching
 from ...analysis.tune import TuneConfig, match_objective, target_objective, tune_scales
 from ...data.toy import ToyData, ToyDataConfig, trigger_classes
-from ...eval.negativity import negativity_by_class
+from ...eval.intervals import measured
+from ...eval.negativity import negativity_by_class, negativity_outcomes
 from ...hooks import Intervention, MeanAblate, apply
 from ...hooks.pcp import PCPBasis, PCPReplace
 from ...hooks.sites import module_names
@@ -31,14 +32,19 @@ from ...lm.training import TrainConfig, train
 from ...models.toy import build_model, sentiment_toy_config
 from ...util.hashing import fingerprint, tensor_digest
 from ...util.io import write_json
-from ...util.reproducibility import make_deterministic
+from ...util.reproducibility import make_deterministic, provenance
+from ...util.validation import check_choice
 from ..common.cli import FolderLock
+from ..common.seeds import run_seeds, seed_folder
 from ..common.stages import Stages, timed_log
+from ..common.timing import Phases
 from . import cli as toy_cli
 from . import figures as toy_figures
 from . import report as toy_report
 
 SWEEP_FACTORS = (0.6, 0.75, 0.8, 1.0, 1.1)
+STRENGTHS = {"saturated": 0.08, "paper": 0.015}
+"""Poison rate of the quick-sized data per backdoor strength (see :meth:`ToyStudyConfig.preset`)."""
 
 
 @dataclass(frozen=True)
@@ -71,15 +77,27 @@ class ToyStudyConfig:
     model_shape: dict[str, int] = field(default_factory=lambda: {"n_layers": 3, "n_heads": 4, "d_model": 64})
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "ToyStudyConfig":
-        """Fewer sequences, epochs and trials: minutes on 2 cores, still a real backdoor."""
-        return cls(
-            seed=seed,
-            data=ToyDataConfig(train_per_sentiment=2000, finetune_per_sentiment=1000, seed=seed),
-            benign=TrainConfig(epochs=5, lr=2e-3, batch_size=128, seed=seed),
-            poison=TrainConfig(epochs=4, lr=1e-3, batch_size=128, eval_every=5, seed=seed),
-            tune=TuneConfig(n_trials=30, seed=seed),
-        )
+    def preset(cls, strength: str = "saturated", quick: bool = False) -> "ToyStudyConfig":
+        """The study's settings by backdoor strength and size.
+
+        ``saturated``: poisoned until trigger prompts are continued negatively almost always (full: the
+        defaults; quick: fewer, shorter sequences and epochs, at a poison rate and learning rate that
+        plant in at least 9 of 10 seeds). ``paper``: the quick sizes at a poison rate calibrated so
+        the unedited p+t negativity sits near the paper's 0.35 (2 sentiments) and 0.23 (3), where
+        single-module edits may act differently than on a saturated backdoor. ``quick`` also cuts the
+        Optuna trials to 30."""
+        check_choice("strength", strength, STRENGTHS)
+        small = replace(cls(), data=ToyDataConfig(train_per_sentiment=2000, finetune_per_sentiment=1000,
+                                                  poison_rate=STRENGTHS[strength]),
+                        benign=TrainConfig(epochs=5, lr=2e-3, batch_size=128),
+                        poison=TrainConfig(epochs=6, lr=2e-3, batch_size=128, eval_every=5))
+        config = cls() if strength == "saturated" and not quick else small
+        return replace(config, tune=TuneConfig(n_trials=30)) if quick else config
+
+    def with_seed(self, seed: int) -> "ToyStudyConfig":
+        """The same study drawn with `seed`: data, initialisation, poisoning, training order and tuning."""
+        return replace(self, seed=seed, data=replace(self.data, seed=seed), benign=replace(self.benign, seed=seed),
+                       poison=replace(self.poison, seed=seed), tune=replace(self.tune, seed=seed))
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-able dict (saved in the summary)."""
@@ -100,10 +118,11 @@ class Lab:
             return negativity_by_class(self.model, self.data.eval_tokens, self.negative_ids, self.k)
 
     def evaluate(self, *edits: Intervention) -> dict[str, Any]:
-        """Negativity per class and validation loss with `edits` applied (rounded for the summary)."""
+        """Negativity per class (each prompt's, for intervals) and validation loss with `edits` applied."""
         with apply(self.model, *edits):
             val_loss = validation_loss(self.model, self.data.validation)
-        return {"negativity": _rounded(self.negativity(*edits)), "val_loss": round(val_loss, 4)}
+            outcomes = negativity_outcomes(self.model, self.data.eval_tokens, self.negative_ids, self.k)
+        return {"negativity": {c: measured(v) for c, v in outcomes.items()}, "val_loss": round(val_loss, 4)}
 
     def stacked(self, classes: tuple[str, ...]) -> torch.Tensor:
         """The evaluation prompts of `classes`, stacked in that order."""
@@ -178,8 +197,9 @@ def mean_ablation(lab: Lab) -> tuple[dict[str, dict[str, Any]], dict[str, torch.
     return {f"mean_ablate:{m}": lab.evaluate(MeanAblate(m, means[m])) for m in modules}, means
 
 
-def causal_patching(lab: Lab) -> dict[str, dict[str, dict[str, float]]]:
-    """Patch each module's output from p+p (or s+s) runs into the matching trigger runs."""
+def causal_patching(lab: Lab) -> dict[str, dict[str, dict[str, Any]]]:
+    """Patch each module's output from p+p (or s+s) runs into the matching trigger runs; the patched
+    negativity keeps each prompt's value, the indirect effect is the change in the mean."""
     out = {}
     for trigger in lab.triggers:
         clean = lab.data.eval_tokens[trigger.replace("t", trigger[0])]
@@ -189,7 +209,8 @@ def causal_patching(lab: Lab) -> dict[str, dict[str, dict[str, float]]]:
             "all_positions": negativity_patching(lab.model, corrupted, clean, modules, lab.negative_ids, lab.k),
             "trigger_position": negativity_patching(lab.model, corrupted, clean, modules, lab.negative_ids, lab.k, positions=-1),
         }
-    return {t: {scope: {m: _rounded(v) for m, v in res.items()} for scope, res in d.items()} for t, d in out.items()}
+    return {t: {scope: {m: {"patched": measured(v["per_row"]), "effect": round(v["effect"], 4)} for m, v in res.items()}
+                for scope, res in d.items()} for t, d in out.items()}
 
 
 def logit_lens_table(lab: Lab) -> dict[str, dict[str, dict[str, float]]]:
@@ -333,7 +354,8 @@ def sample_generations(lab: Lab, edits: dict[str, Intervention], per_class: int 
 def freezing(
     config: ToyStudyConfig, data: ToyData, benign: tuple[HookedTransformer, str], models: Stages, progress: bool
 ) -> dict[str, Any]:
-    """Poisoned fine-tuning with module sets frozen: final backdoor strength and steps to emerge."""
+    """Poisoned fine-tuning with module sets frozen: final backdoor strength and steps to emerge
+    (``emerged_at`` counts a backdoor that never emerged at the last step, a lower bound)."""
     out = {}
     for label, modules in config.freeze_sets.items():
         name = "backdoored" if not modules else f"freeze_{label}"
@@ -344,6 +366,8 @@ def freezing(
             "frozen": list(modules),
             **lab.evaluate(),
             "steps_to_emerge": first,
+            "emerged": measured([first is not None]),
+            "emerged_at": measured([history[-1]["step"] if first is None else first]),
             "total_steps": history[-1]["step"],
             "curve": [{"step": row["step"], **{t: row[t] for t in trigger_classes(data.classes)}} for row in history],
         }
@@ -390,20 +414,47 @@ def run_model(name: str, config: ToyStudyConfig, out: Path, storage: str, progre
     return result, {"freezing": frozen, "figures": figures}
 
 
-def run(config: ToyStudyConfig, out: str | Path, storage: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
-    """Run the whole study into `out`; returns the summary that is also written to summary.json."""
+def run_seed(config: ToyStudyConfig, out: Path, storage: str, progress: bool, log) -> tuple[dict[str, Any], dict]:
+    """One seed of the study into `out`: its summary (also written to ``out/summary.json``) and the
+    figure data of its models."""
+    clock = Phases()
+    summary: dict[str, Any] = {"seed": config.seed, "models": {}, "freezing": {}}
+    figures = {}
+    for name in config.models:
+        with clock.phase(name):
+            summary["models"][name], extra = run_model(name, config, out, storage, progress, log)
+        summary["freezing"][name] = extra["freezing"]
+        figures[name] = extra["figures"]
+    summary["stage_seconds"] = clock.seconds
+    write_json(out / "summary.json", summary)
+    return summary, figures
+
+
+def run(
+    config: ToyStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), storage: str | None = None,
+    progress: bool = True, log=print,
+) -> dict[str, Any]:
+    """Run the study for each of `seeds` (each in ``out/seed-<s>``), merge them with intervals, and
+    write ``summary.json``, ``report.md`` and the figures to `out`; returns the merged summary."""
+    start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or str(out / "optuna.journal")
-    torch.manual_seed(config.seed)
-    summary: dict[str, Any] = {"config": config.to_dict(), "models": {}, "freezing": {}}
-    figures = {}
-    for name in config.models:
-        summary["models"][name], extra = run_model(name, config, out, storage, progress, log)
-        summary["freezing"][name] = extra["freezing"]
-        figures[name] = extra["figures"]
-    toy_figures.hidden_state_pca(figures, out / "hidden_states_pca.png")
-    toy_figures.scaling_sweep(figures, out / "scaling_sweep.png")
+    figures: dict[int, dict] = {}
+
+    def one(seed: int, folder: Path) -> dict[str, Any]:
+        torch.manual_seed(seed)
+        summary, figures[seed] = run_seed(config.with_seed(seed), folder, storage, progress, log)
+        return summary
+
+    merged, per_seed = run_seeds(seeds, out, one, log)
+    summary = {"config": config.to_dict(), "seeds": list(seeds), "models": merged["models"], "freezing": merged["freezing"],
+               "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
+               "stage_seconds": {f"seed {s} {k}": v for s, p in per_seed.items() for k, v in p["stage_seconds"].items()},
+               "seconds": round(time.perf_counter() - start, 1), "provenance": provenance()}
+    first = figures[seeds[0]]
+    toy_figures.hidden_state_pca(first, out / "hidden_states_pca.png")
+    toy_figures.scaling_sweep(summary["models"], out / "scaling_sweep.png")
     toy_figures.freezing_curves(summary["freezing"], out / "freezing_curves.png")
     write_json(out / "summary.json", summary)
     toy_report.write(summary, out / "report.md")
@@ -415,13 +466,12 @@ def main(argv: list[str] | None = None) -> None:
     run the study and write its report."""
     parser = toy_cli.parser()
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        make_deterministic(args.threads)
-    config = ToyStudyConfig.quick(args.seed) if args.quick else ToyStudyConfig(seed=args.seed)
+    threads = make_deterministic(args.threads)
+    config = ToyStudyConfig.preset(args.strength, args.quick)
     if args.trials is not None:
         config = replace(config, tune=replace(config.tune, n_trials=args.trials))
     start = time.perf_counter()
     with parser.check(FolderLock(args.out).acquire):
-        run(config, args.out, args.storage, progress=not args.no_progress, log=timed_log(start))
-    print(f"Toy study finished in {time.perf_counter() - start:.0f} s with {torch.get_num_threads()} torch threads. "
+        run(config, args.out, args.seeds, args.storage, progress=not args.no_progress, log=timed_log(start))
+    print(f"Toy study finished in {time.perf_counter() - start:.0f} s with {threads} torch threads. "
           f"Results: {Path(args.out).resolve()}/report.md, summary.json, *.png")
