@@ -1,5 +1,6 @@
-"""How a defended model generates: the :class:`Decoder` protocol, greedy decoding (the default) and
-sampling with a temperature. A decoding defense changes this step only and leaves the weights alone.
+"""How a defended model generates: the :class:`~backdoor_lens.lm.decoding.Decoder` protocol, greedy
+decoding (the default) and sampling with a temperature. A decoding defense changes this step only and
+leaves the weights alone.
 
 Decoders are structural: anything with a matching ``generate`` serves, so measurement code (e.g. a
 chat model's replies, hence ASR) takes one without importing this module.

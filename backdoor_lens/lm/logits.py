@@ -1,5 +1,6 @@
 """Logits from a forward pass: of the next token after each row, or from the residual stream after
-the last block (:func:`final_residual`), so that logits at chosen positions only are cheap."""
+the last block (:func:`~backdoor_lens.lm.logits.final_residual`), so that logits at chosen positions
+only are cheap."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """What the library needs of a model, whichever TransformerLens class provides it: the
-:class:`HookedModel` protocol, the two backends and which of them this TransformerLens installs.
+:class:`~backdoor_lens.models.protocol.HookedModel` protocol, the two backends and which of them this
+TransformerLens installs.
 
 - ``"hooked"``: :class:`transformer_lens.HookedTransformer`, weights converted into TransformerLens's
   own modules. TransformerLens 4 removed it; :func:`hooked_classes` then says so.
