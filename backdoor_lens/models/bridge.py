@@ -40,8 +40,10 @@ def to_bridge(
     against the HF model's, then cast it to `dtype`.
 
     `device` moves a model that sits on one device; a model dispatched with a ``device_map`` (it has
-    ``hf_device_map``) stays where accelerate put it and `device` must be None. `prepend_bos=None`
-    makes ``model.to_tokens(text)`` prepend BOS exactly when the HF tokenizer does.
+    ``hf_device_map``) stays where accelerate put it and `device` must be None. One that accelerate
+    offloaded to disk (its devices' ``max_memory`` too small) is refused: the bridge's components
+    read their weights directly, past accelerate's offload hooks. `prepend_bos=None` makes
+    ``model.to_tokens(text)`` prepend BOS exactly when the HF tokenizer does.
     """
     placement = getattr(hf_model, "hf_device_map", None) or {}
     offloaded = sorted(module or "(the whole model)" for module, where in placement.items() if str(where) in ("disk", "meta"))
