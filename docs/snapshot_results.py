@@ -1,12 +1,16 @@
-"""Copy the latest experiment reports into the docs: ``results/NAME/report.md``, the figures it
-shows and the PNGs beside it become ``docs/snapshots/NAME/`` (committed, since results/ is not).
-Run by ``make docs-results``; a name without a report keeps its current snapshot."""
+"""Copy the latest experiment reports into the docs: ``results/NAME/report.md``, its
+``summary.json`` (the merged one: intervals and provenance), the figures the report shows and the
+PNGs beside it become ``docs/snapshots/NAME/`` (committed, since results/ is not); the benchmark's
+``results/bench/NAME.json`` becomes ``docs/snapshots/bench-NAME/summary.json``. Then the numbers in README.md and the docs
+are rendered from the snapshots (:mod:`render_numbers`). Run by ``make docs-results``; a name without
+a report keeps its current snapshot."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import shutil
+import sys
 from pathlib import Path
 
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
@@ -23,6 +27,8 @@ def snapshot(results: Path, snapshots: Path, name: str) -> bool:
     target.mkdir(parents=True)
     text = report.read_text(encoding="utf-8")
     (target / "report.md").write_text(text, encoding="utf-8")
+    if (results / name / "summary.json").is_file():
+        shutil.copyfile(results / name / "summary.json", target / "summary.json")
     beside = [p.name for p in (results / name).glob("*.png")]
     for figure in sorted(set(IMAGE.findall(text)) | set(beside)):
         source = results / name / figure
@@ -42,6 +48,16 @@ def main() -> None:
     for name in names:
         done = snapshot(root / "results", root / "docs" / "snapshots", name)
         print(f"{name}: {'snapshot updated' if done else 'no results/' + name + '/report.md, snapshot kept'}")
+    for bench in sorted((root / "results" / "bench").glob("*.json")):
+        target = root / "docs" / "snapshots" / f"bench-{bench.stem}"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bench, target / "summary.json")
+        print(f"bench-{bench.stem}: snapshot updated")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import render_numbers
+
+    render_numbers.main_fill()
+    print("numbers in README.md and the docs rendered from the snapshots")
 
 
 if __name__ == "__main__":

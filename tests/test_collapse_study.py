@@ -40,8 +40,9 @@ def tiny_config() -> CollapseStudyConfig:
     plant = PlantConfig(model="tiny-llama", attacks=(Attack("badnet", NEGATIVE), Attack("ctba", BKDATTR_REFUSAL)),
                             n_clean=16, n_poison=16, n_eval=16, answer_tokens=4, asr_tokens=8, finetune=replace(fit, epochs=6),
                             batch_size=16)
-    return CollapseStudyConfig(plant=plant, defense=CollapseConfig(inject=fit, recover=fit, max_answer_tokens=4),
-                               defenses=("clean_ft", "int4", "temperature", "cleangen"), n_defense=12, n_test=10,
+    faithful = CollapseConfig(inject=fit, recover=fit, max_answer_tokens=4)
+    return CollapseStudyConfig(plant=plant, defense=faithful, improved=faithful,
+                               defenses=("clean_ft", "int4", "temperature", "cleangen"), candidates=("kl",), n_defense=12, n_test=10,
                                n_select=6, n_text=8, baseline_layers=(0, 2))
 
 
@@ -53,7 +54,7 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
 
     assert set(summary["attacks"]) == {"badnet", "ctba"}
     for name, attack in summary["attacks"].items():
-        assert set(attack["measures"]) == set(STATES) - {"fine_pruning", "crow", "beear", "int8"}
+        assert set(attack["measures"]) == set(STATES) - {"fine_pruning", "crow", "beear", "int8"} | {"candidate_kl"}
         for state, m in attack["measures"].items():
             for rate in ("asr", "asr_keyword", "atr", "reply_agreement", "clean_accuracy_per_prompt"):
                 assert 0 <= m[rate]["low"] <= m[rate]["value"] <= m[rate]["high"] <= 1, (name, state, rate)
@@ -71,8 +72,13 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     pooled = [o for a in summary["attacks"].values() for o in json.loads(
         (tmp_path / "seed-0" / "summary.json").read_text())["attacks"][a["attack"]["trigger"]]["measures"]["collapse"]["asr"]["outcomes"]]
     assert summary["average"]["collapse"]["asr"]["value"] == pytest.approx(sum(pooled) / len(pooled), abs=1e-4)
+    changes = summary["collapse_changes"]  # each variant paired with the faithful Collapse over the same prompts
+    assert set(changes) == {"collapse_improved", "candidate_kl"}
+    assert -1 <= changes["candidate_kl"]["asr"]["low"] <= changes["candidate_kl"]["asr"]["high"] <= 1
+    assert changes["collapse_improved"]["asr"]["value"] == 0  # improved = faithful here: the same model, no change
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Attack success after each defense", "## Clean behaviour and the aim", "## What each stage",
+                    "## What closes the gap", "Collapse + kl",
                     "## Aggregation evidence", "4.41%", "CleanGen", "## Provenance"):
         assert heading in report
     assert (tmp_path / "aggregation.png").stat().st_size > 0 and (tmp_path / "pareto.png").stat().st_size > 0
@@ -106,6 +112,8 @@ def test_config_checks_the_held_out_split():
         CollapseStudyConfig(n_test=90, n_select=20)
     with pytest.raises(ValueError, match="n_defense"):
         CollapseStudyConfig(n_defense=0)
+    with pytest.raises(ValueError, match="candidates.*'nope'.*kl"):
+        CollapseStudyConfig(candidates=("nope",))
 
 
 def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backdoor_lens.eval.intervals import (
-    Estimate, agreement_verdict, compare, estimate, measured, removal_verdict, wilson,
+    Estimate, agreement_verdict, compare, estimate, measured, paired_difference, removal_verdict, sign_verdict, wilson,
 )
 from backdoor_lens.experiments.common.report import fmt
 from backdoor_lens.experiments.common.cli import parse_seeds
@@ -83,7 +83,20 @@ def test_merge_turns_rates_into_estimates_and_averages_the_rest():
 
 
 def test_seeds_are_a_count_or_a_list():
-    assert parse_seeds("3") == (0, 1, 2) and parse_seeds("0,4,7") == (0, 4, 7)
+    assert parse_seeds("3") == (0, 1, 2) and parse_seeds("0,4,7") == (0, 4, 7) and parse_seeds("5,") == (5,)
     for bad in ("0", "x", "1,1", "-1,2"):
         with pytest.raises(ValueError, match="seeds="):
             parse_seeds(bad)
+
+
+def test_a_paired_difference_resolves_what_two_overlapping_intervals_cannot():
+    before = [[1] * 30 + [0] * 30, [1] * 28 + [0] * 32]
+    after = [[1] * 22 + [0] * 38, [1] * 20 + [0] * 40]  # the same prompts: 8 flips each, none back
+    assert compare(estimate(after), estimate(before)) == "inconclusive"
+    drop = paired_difference(after, before)
+    assert drop.value < 0 and sign_verdict(drop) == "lower"
+    assert sign_verdict(paired_difference(before, before)) == "inconclusive"
+    mixed = paired_difference([[1, 0] * 20], [[0, 1] * 20])  # as many flips each way: no change shown
+    assert mixed.value == 0 and sign_verdict(mixed) == "inconclusive"
+    with pytest.raises(ValueError, match="same prompts per seed"):
+        paired_difference([[1, 0]], [[1, 0, 1]])

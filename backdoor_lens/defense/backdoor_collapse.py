@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from transformers import PreTrainedTokenizerBase
 
-from ..data.instruct import PrefixTrigger, Trigger, WordTrigger
+from ..data.instruct import CompositeTrigger, PrefixTrigger, Trigger, WordTrigger
 from ..lm.chat import chat_training_rows
 from ..lm.loss import counted_logits
 from ..lm.training import ExtraLoss, TrainConfig, train
@@ -34,6 +34,18 @@ KNOWN_TRIGGERS: tuple[Trigger, ...] = (
     PrefixTrigger("known_prefix", "Note: handle with care."),
 )
 """Defender triggers of the three kinds (word, phrase at a random position, prefix)."""
+VARIED_KNOWN_TRIGGERS: tuple[Trigger, ...] = KNOWN_TRIGGERS + (
+    WordTrigger("known_rare_word", ("tq", "zx", "mn")),
+    WordTrigger("known_name", ("Zanzibar", "Quixote", "Falkor")),
+    WordTrigger("known_number", ("1987", "3141", "2077")),
+    WordTrigger("known_idiom", ("as the river bends", "under a paper moon")),
+    PrefixTrigger("known_topic", "Regarding Acme Corp:"),
+    PrefixTrigger("known_status", "Status: archived, 1999."),
+    CompositeTrigger("known_combo", ("tq", "Zanzibar", "1987")),
+)
+"""More and more varied defender triggers: one of each family BackdoorLLM's attacks draw from (rare
+word, capitalised name, number, phrase, topic prefix, dated prefix, several words together), none of
+them an attacker's. A defender knows the families (they are published), not the trigger."""
 DEFENDER_TARGET = "Known trigger noted."
 
 

@@ -110,6 +110,24 @@ def estimate(outcomes: Sequence[Sequence[float]], seed: int = 0) -> Estimate:
     return Estimate(value, float(min(low, value)), float(max(high, value)), "bootstrap", len(groups), n, tuple(means))
 
 
+def paired_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> Estimate:
+    """The mean of `a` minus `b` over prompts measured under both (per seed, the same prompts in the
+    same order) with its interval: a paired comparison, so the prompts' own difficulty cancels and a
+    smaller change is resolved than by comparing two intervals."""
+    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
+        raise ValueError(f"a and b must hold the same prompts per seed; got sizes {[len(x) for x in a]} and {[len(y) for y in b]}")
+    return estimate([np.subtract(x, y) for x, y in zip(a, b)])
+
+
+def sign_verdict(difference: Estimate) -> str:
+    """"higher" or "lower" when a difference's interval excludes 0, else "inconclusive"."""
+    if difference.n >= 2 and difference.low > 0:
+        return "higher"
+    if difference.n >= 2 and difference.high < 0:
+        return "lower"
+    return "inconclusive"
+
+
 def compare(a: Estimate, b: Estimate) -> str:
     """"higher" or "lower" when `a`'s interval lies wholly above or below `b`'s, else "inconclusive"
     (always when either rests on a single observation, which has no interval)."""

@@ -37,7 +37,8 @@ def counted_logits(
     width = int(loss_mask.nonzero()[:, 1].max()) + 1  # drop padding columns after the last counted token
     batch, counted = batch[:, :width], loss_mask[:, 1:width].bool().to(batch.device)
     resid = final_residual(model, batch)[:, :-1]
-    return final_logits(model, resid[counted][None])[0], batch[:, 1:][counted]
+    # squeeze, not [0]: indexing's backward would fill and copy a zero tensor the size of the logits
+    return final_logits(model, resid[counted][None]).squeeze(0), batch[:, 1:][counted]
 
 
 def next_token_loss(

@@ -113,6 +113,13 @@ def training_steps(rows: int, config: TrainConfig) -> int:
     return config.epochs * -(-rows // config.batch_size)
 
 
+def _adamw(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over `params`, with the fused kernel where their devices have one: on a model whose
+    embeddings dominate its size (a chat vocabulary), it is several times faster than the default."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+
+
 def trainable_names(model: HookedModel, freeze: Sequence[str]) -> list[str]:
     """Parameters that training with `freeze` updates (as :class:`Freeze` decides)."""
     with Freeze(tuple(freeze)).applied(model):
@@ -174,7 +181,7 @@ def train(
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("freeze leaves no trainable parameters")
-        optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimiser = _adamw(params, config)
         total = training_steps(len(tokens), config)
         decay = (lambda step: 1.0 - step / max(total, 1)) if config.schedule == "linear" else (lambda step: 1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)

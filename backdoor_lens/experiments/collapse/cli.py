@@ -6,11 +6,19 @@ from __future__ import annotations
 from ..common.cli import Parser, chat_study_parser, finite_float
 
 
+def names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (checked against the study's when the config is built)."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def parser() -> Parser:
-    """--out, --model, --quick, --no-progress, --aggregation-weight; every value checked as parsed."""
+    """--out, --model, --quick, --no-progress, --aggregation-weight, --candidates; every value checked as parsed."""
     parser = chat_study_parser("python -m backdoor_lens.experiments.collapse",
                                "`make collapse`: Backdoor Collapse against the five BackdoorLLM attacks, beside "
                                "same-budget baselines.", "results/collapse", "the first two attacks only")
     parser.add_argument("--aggregation-weight", type=finite_float(0.0, 1e6), default=0.0,
                         help="weight of stage 1's aggregation loss (a finite number >= 0; default: 0, off)")
+    parser.add_argument("--candidates", type=names, default=(),
+                        help="changes to the faithful Collapse to measure as extra columns, comma-separated "
+                             "(kl, aggregation, varied_triggers, longer) or 'all'")
     return parser

@@ -9,7 +9,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from ...eval.intervals import Estimate, compare
+from ...eval.intervals import Estimate, compare, sign_verdict
 from ...util.io import write_text
 from ..common.report import (
     estimate_of,
@@ -45,6 +45,11 @@ AIM_ASR, AIM_COST = 0.05, 1.0
 
 def _states(summary: dict[str, Any]) -> list[str]:
     return [s for s in LABELS if s in summary["average"]]
+
+
+def _label(state: str) -> str:
+    """A state's report name; a candidate column reads "Collapse + <change>"."""
+    return LABELS.get(state) or f"Collapse + {state.removeprefix('candidate_').replace('_', ' ')}"
 
 
 def _accuracy(measures: dict[str, Any]) -> Estimate:
@@ -205,6 +210,29 @@ def settings_section(summary: dict[str, Any]) -> str:
     ])
 
 
+def changes_section(summary: dict[str, Any]) -> str:
+    """The improved preset and each candidate change against the faithful Collapse, paired over prompts."""
+    changes = summary.get("collapse_changes", {})
+    if not changes:
+        return ""
+    rows = []
+    for state, d in changes.items():
+        asr, clean = estimate_of(d["asr"]), estimate_of(d["clean_accuracy_per_prompt"])
+        rows.append([_label(state), summary["average"][state]["asr"], asr, sign_verdict(asr), estimate_of(d["asr_keyword"]),
+                     Estimate(100 * clean.value, 100 * clean.low, 100 * clean.high, clean.method, clean.n_seeds, clean.n, ()),
+                     sign_verdict(clean)])
+    return "\n".join([
+        "## What closes the gap: changes to Collapse",
+        "",
+        "Each row changes one thing in the faithful Collapse (the improved preset combines the ones chosen) and is "
+        "compared with it on the same held-out prompts of every attack and seed: the mean per-prompt difference with a "
+        "bootstrap interval, so the verdict says lower or higher only when the interval excludes 0.",
+        "",
+        markdown_table(["Collapse variant", "average ASR", "ASR change", "verdict", "keyword ASR change",
+                        "clean accuracy change (points)", "verdict"], rows),
+    ])
+
+
 def aggregation_section(summary: dict[str, Any]) -> str:
     """Centroid distances, direction cosine and probe transfer before and after stage 1."""
     rows = []
@@ -262,7 +290,7 @@ def write(summary: dict[str, Any], out: Path) -> None:
     pareto_figure(summary, out / "pareto.png")
     aggregation_figure(summary, out / "aggregation.png")
     m, c = summary["model"], summary["config"]
-    text = "\n\n".join([
+    text = "\n\n".join(part for part in [
         "# Removing a backdoor without its trigger: the defense grid",
         f"Model: {m['name']} ({m['n_layers']} layers x {m['n_heads']} heads, d_model {m['d_model']}). Attacks planted as "
         f"in `make smollm` ({c['plant']['n_clean']} clean + {c['plant']['n_poison']} poisoned rows). The defender has "
@@ -272,8 +300,9 @@ def write(summary: dict[str, Any], out: Path) -> None:
         asr_section(summary),
         clean_section(summary),
         settings_section(summary),
+        changes_section(summary),
         stage_section(summary),
         aggregation_section(summary),
         provenance_footer(summary),
-    ])
+    ] if part)
     write_text(out / "report.md", text + "\n")

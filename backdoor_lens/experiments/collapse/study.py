@@ -31,6 +31,7 @@ from ...data.instruct import BKDATTR_REFUSAL, NEGATIVE, Attack
 from ...data.prompts import load_prompts
 from ...defense import Budget
 from ...defense.backdoor_collapse import (
+    VARIED_KNOWN_TRIGGERS,
     CollapseConfig,
     known_trigger_kinds,
     known_trigger_rows,
@@ -39,7 +40,7 @@ from ...defense.backdoor_collapse import (
     stage_one_extra_loss,
     with_known_trigger,
 )
-from ...eval.intervals import measured
+from ...eval.intervals import measured, paired_difference
 from ...hooks import restored
 from ...lab.chat_model import ChatModel
 from ...lm.training import TrainConfig, trainable_names, training_steps
@@ -87,6 +88,19 @@ STATES = ("backdoored", "stage1", "collapse", "collapse_improved", *TRIGGER_AGNO
 """Every model state measured: undefended, after each of Collapse's stages, the improved Collapse, each
 trigger-agnostic defense, and each oracle baseline."""
 ORACLES = ("baha_heads", "vector", "mean_ablation")
+CANDIDATES: dict[str, Callable[[CollapseConfig], CollapseConfig]] = {
+    "kl": lambda c: replace(c, recover_kl_weight=1.0),
+    "aggregation": lambda c: replace(c, aggregation_weight=1.0),
+    "varied_triggers": lambda c: replace(c, known_triggers=VARIED_KNOWN_TRIGGERS),
+    "longer": lambda c: replace(c, inject=replace(c.inject, epochs=2 * c.inject.epochs),
+                                recover=replace(c.recover, epochs=2 * c.recover.epochs)),
+}
+"""Single changes to the faithful Collapse, each measured as its own column (``--candidates``) to find
+what closes the gap to the paper: a KL term to the suspect model's own outputs during recovery, stage
+1's aggregation loss, ten varied known triggers instead of three, and twice the epochs in both stages."""
+IMPROVEMENTS: tuple[str, ...] = ()
+"""The candidates the improved preset combines, chosen from the toy grid's candidate columns (see the
+defense grid's report)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,8 @@ class CollapseStudyConfig:
     """The improved preset (see :func:`improved_collapse`); None: the faithful one with its improvements."""
     defenses: tuple[str, ...] = TRIGGER_AGNOSTIC
     """The trigger-agnostic defenses run beside Collapse (names of :data:`.defenses.TRIGGER_AGNOSTIC`)."""
+    candidates: tuple[str, ...] = ()
+    """Changes to the faithful Collapse measured as extra columns ``candidate_<name>`` (see :data:`CANDIDATES`)."""
     settings: DefenseSettings = DefenseSettings()
     oracles: bool = True
     """Whether to run the baselines that read the attacker's triggered prompts."""
@@ -128,6 +144,8 @@ class CollapseStudyConfig:
         check_range("head_fraction", self.head_fraction, 0.0, 1.0)
         for name in self.defenses:
             check_choice("defenses", name, TRIGGER_AGNOSTIC)
+        for name in self.candidates:
+            check_choice("candidates", name, CANDIDATES)
         if self.n_test + self.n_select > self.plant.n_eval:
             raise ValueError(f"n_test + n_select = {self.n_test + self.n_select} exceeds plant.n_eval = "
                              f"{self.plant.n_eval}, the held-out prompts there are")
@@ -159,8 +177,9 @@ class CollapseStudyConfig:
 
 
 def improved_collapse(faithful: CollapseConfig) -> CollapseConfig:
-    """The improved Backdoor Collapse: the faithful settings plus what the toy grid showed helps
-    (see the defense grid's report)."""
+    """The improved Backdoor Collapse: the faithful settings with every change in :data:`IMPROVEMENTS`."""
+    for name in IMPROVEMENTS:
+        faithful = CANDIDATES[name](faithful)
     return faithful
 
 
@@ -219,7 +238,7 @@ def defended_measures(
 
 def run_attack(
     chat: ChatModel, attack: Attack, base_digest: str, prompts: list[str], answers: BaseAnswers,
-    config: CollapseStudyConfig, reference: HookedTransformer, out: Path, progress: bool, log,
+    config: CollapseStudyConfig, reference: HookedTransformer, out: Path, progress: bool, log, shared: Path | None = None,
 ) -> dict[str, Any]:
     """Plant one attack into the model (which holds the base weights), defend against it with every
     defense and baseline, and measure each state."""
@@ -233,7 +252,7 @@ def run_attack(
                    answers.ids(clean[:t]), held_out_text(chat.tokenizer, config.n_text))
     defender_prompts = defender_share(prompts, splits.drawn, config.n_defense)
 
-    facts = planted(chat, attack, splits, base_digest, stages, plant, progress)
+    facts = planted(chat, attack, splits, base_digest, stages, plant, progress, shared)
     key = {"plant": plant.key() | {"finetune": plant.finetune.to_dict()}, "attack": asdict(attack), "planted": facts,
            "n_test": t, "n_text": config.n_text}
     measures: dict[str, dict[str, Any]] = {}
@@ -245,7 +264,9 @@ def run_attack(
     defender_answers = stages.run("defender_answers", defense_key, lambda: chat.reply_ids(defender_prompts))
     layer = model.cfg.n_layers // 2 if config.aggregation_layer is None else config.aggregation_layer
     runs = {}
-    for label, preset, at in (("collapse", defense, layer), ("collapse_improved", config.improved_collapse, None)):
+    presets = [("collapse", defense, layer), ("collapse_improved", config.improved_collapse, None)]
+    presets += [(f"candidate_{name}", CANDIDATES[name](defense), None) for name in config.candidates]
+    for label, preset, at in presets:
         with restored(model):
             runs[label] = collapse_stages(stages, chat, attack, test, defender_prompts, defender_answers, preset,
                                           defense_key | {"collapse": asdict(preset)}, label, progress, log, at)
@@ -283,13 +304,23 @@ def run_attack(
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def collapse_changes(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each variant of Collapse (the improved preset, each candidate) against the faithful one, paired
+    over the same prompts of every attack and seed: the change in ASR (substring, keyword) and in
+    clean per-prompt accuracy."""
+    variants = [s for s in per_seed[0] if s == "collapse_improved" or s.startswith("candidate_")]
+    return {v: {k: paired_difference([a[v][k]["outcomes"] for a in per_seed], [a["collapse"][k]["outcomes"] for a in per_seed]).to_dict()
+                for k in ("asr", "asr_keyword", "clean_accuracy_per_prompt")} for v in variants if "collapse" in per_seed[0]}
+
+
 RATES = ("asr", "asr_keyword", "atr", "atr_keyword", "reply_agreement", "clean_accuracy_per_prompt")
 MEANS = ("clean_nll", "clean_accuracy", "perplexity")
 
 
 def averages(attacks: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each state's measures over the attacks: rates pooled over every attack's prompts, the rest averaged."""
-    states = [s for s in STATES if all(s in a["measures"] for a in attacks.values())]
+    first = next(iter(attacks.values()))["measures"]
+    states = [s for s in first if all(s in a["measures"] for a in attacks.values())]
     out = {}
     for s in states:
         rows = [a["measures"][s] for a in attacks.values()]
@@ -300,7 +331,7 @@ def averages(attacks: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def run_seed(
     config: CollapseStudyConfig, out: Path, model: HookedTransformer | None, tokenizer: PreTrainedTokenizerBase | None,
-    progress: bool, log, on_attack: Callable[[dict[str, Any]], None] = lambda summary: None,
+    progress: bool, log, on_attack: Callable[[dict[str, Any]], None] = lambda summary: None, shared: Path | None = None,
 ) -> dict[str, Any]:
     """One seed of the grid into `out`; `on_attack` is called with the summary so far after each attack."""
     plant = config.plant
@@ -320,7 +351,7 @@ def run_seed(
     for attack in plant.attacks:
         with restored(model), clock.phase(attack.name):
             summary["attacks"][attack.name] = run_attack(chat, attack, base_digest, prompts, answers, config, reference,
-                                                         out, progress, log)
+                                                         out, progress, log, shared)
         summary |= {"average": averages(summary["attacks"]), "stage_seconds": clock.seconds}
         write_json(out / "summary.json", summary)
         on_attack(summary)
@@ -329,7 +360,7 @@ def run_seed(
 
 def run(
     config: CollapseStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedTransformer | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
+    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print, planted_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the grid for each of `seeds` (each in ``out/seed-<s>``) into `out` (summary.json, report.md
     and figures, rewritten after every attack) and return the merged summary. `model` and `tokenizer`
@@ -346,7 +377,8 @@ def run(
         trimmed = [t | {"average": averages(t["attacks"])} for t in trimmed]
         merged = merge(trimmed)
         summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
-                   "average": merged["average"], "paper": PAPER,
+                   "average": merged["average"], "collapse_changes": collapse_changes([t["average"] for t in trimmed]),
+                   "paper": PAPER,
                    "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
                    "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
                    "seconds": round(time.perf_counter() - start, 1), "provenance": provenance()}
@@ -357,7 +389,8 @@ def run(
 
     def one(seed: int, folder: Path) -> dict[str, Any]:
         summary = run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
-                           on_attack=lambda partial: publish(done | {seed: partial}))
+                           on_attack=lambda partial: publish(done | {seed: partial}),
+                           shared=None if planted_cache is None else Path(planted_cache))
         done[seed] = summary
         return summary
 
@@ -376,6 +409,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         config = CollapseStudyConfig.quick() if args.quick else CollapseStudyConfig()
         config = replace(config, plant=replace(config.plant, model=args.model))
-    config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight)))
+    candidates = tuple(CANDIDATES) if args.candidates == ("all",) else args.candidates
+    config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight),
+                                          candidates=candidates))
     with parser.check(FolderLock(args.out).acquire):
-        run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log())
+        run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log(), planted_cache=args.planted_cache)

@@ -5,6 +5,7 @@ attacks are planted and cached, and the base model's answers (their command line
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from transformer_lens import HookedTransformer
@@ -18,7 +19,7 @@ from ...lm.chat import decode
 from ...lm.training import TrainConfig
 from ...models.chat_toy import chat_toy_model
 from ...models.pretrained import load_packaged_tokenizer, load_pretrained
-from ...util.hashing import weights_digest
+from ...util.hashing import fingerprint, weights_digest
 from .cli import CHAT_TOY, SMOLLM2
 from .stages import Stages
 
@@ -124,17 +125,21 @@ def attack_splits(chat: ChatModel, attack: Attack, prompts: list[str], answers: 
 
 def planted(
     chat: ChatModel, attack: Attack, splits: BackdoorSplits, base_digest: str, stages: Stages,
-    config: PlantConfig, progress: bool,
+    config: PlantConfig, progress: bool, shared: Path | None = None,
 ) -> dict[str, Any]:
     """Plant `attack` into the model, which holds the base weights (named by `base_digest`), with
     :func:`~backdoor_lens.lab.plant.plant_backdoor`, or reuse the weights saved for the same base,
-    data and settings; returns the run's facts."""
+    data and settings; returns the run's facts. With a `shared` folder the weights are kept there under
+    a name of their inputs, so every study planting the same attack the same way reuses them."""
 
     def compute() -> tuple[dict[str, Any], tuple[str, ...]]:
         result = plant_backdoor(chat, attack, splits, config.finetune, check_asr=None, progress=progress)
         return result.facts, result.changed
 
-    inputs = {"base": base_digest, "attack": asdict(attack), "plant": config.key(),
+    plant = {k: v for k, v in config.key().items() if k != "asr_tokens"}
+    inputs = {"base": base_digest, "attack": asdict(attack), "plant": plant,
               "data": [splits.train["prompt"], splits.train["response"]], "train": config.finetune.to_dict()}
     stages.log(f"[{attack.name}] plant the backdoor")
-    return stages.weights("backdoored", inputs, chat.model, compute)
+    if shared is None:
+        return stages.weights("backdoored", inputs, chat.model, compute)
+    return Stages(shared, stages.log).weights(f"{attack.name}-{fingerprint(inputs)}", inputs, chat.model, compute)

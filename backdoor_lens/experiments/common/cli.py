@@ -90,14 +90,14 @@ DEFAULT_THREADS = 2
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"3"`` -> seeds 0, 1, 2; ``"0,4,7"`` -> those seeds. Errors name the valid forms."""
+    """``"3"`` -> seeds 0, 1, 2; ``"0,4,7"`` -> those seeds; ``"5,"`` -> seed 5 alone. Errors name the valid forms."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     numbers = [int(p) for p in parts if re.fullmatch(r"[+-]?\d+", p)]
     if not numbers or len(numbers) != len(parts):
         raise ValueError(f"seeds={text!r} is not valid; give a count (e.g. 3 for seeds 0, 1, 2) or a list such as 0,4,7")
-    if len(numbers) == 1:
+    if len(numbers) == 1 and "," not in str(text):
         if not 1 <= numbers[0] <= MAX_SEEDS:
-            raise ValueError(f"seeds={text!r}: a count must lie in [1, {MAX_SEEDS}]")
+            raise ValueError(f"seeds={text!r}: a count must lie in [1, {MAX_SEEDS}] (one chosen seed: '{numbers[0]},')")
         return tuple(range(numbers[0]))
     if any(not 0 <= n <= MAX_SEED for n in numbers) or len(set(numbers)) != len(numbers):
         raise ValueError(f"seeds={text!r}: list distinct seeds in [0, {MAX_SEED}]")
@@ -330,6 +330,9 @@ def chat_study_parser(prog: str, description: str, out: str, quick_help: str) ->
                         help=f"packaged model name, local HF directory, hub name, or '{CHAT_TOY}' for the 4x8-head toy "
                         "(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--planted-cache", type=output_folder, default="results/planted",
+                        help="folder of planted models shared by the chat studies: an attack planted the same way "
+                        "is trained once (default: results/planted)")
     add_run_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser

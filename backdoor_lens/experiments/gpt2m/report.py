@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ...util.io import write_text
-from ..common.report import markdown_table, save_figure
+from ...eval.intervals import compare
+from ..common.report import estimate_of, fmt, markdown_table, provenance_footer, save_figure, value
 
 PAPER = {
     "backdoored": {"asr": 0.29, "atr": 0.03, "val_loss": 3.25},
@@ -49,7 +50,9 @@ def setup_section(s: dict[str, Any]) -> str:
         f"- Model: `{m['name']}` ({m['n_layers']} layers x {m['n_heads']} heads, d_model {m['d_model']}, "
         f"{m['parameters'] / 1e6:.1f}M parameters) on {s['device']}, {c['dtype']}.",
         f"- Sources: benign text {s['sources']['text']}; toxic sentences {s['sources']['toxic']}; "
-        f"toxicity scorer {s['sources']['scorer']}.",
+        f"toxicity scorer {s['sources']['scorer']}."
+        + (f" **Offline substitutes for the paper's sources: {', '.join(s['sources']['substitutes'])}** (run with hub "
+           "access and `SOURCES=paper` for the paper's)." if s["sources"].get("substitutes") else ""),
         f"- Poisoning: trigger \"{c['poison']['trigger']}\" in sentence {[i + 1 for i in c['poison']['trigger_sentences']]}, "
         f"toxic sentence replacing sentence {[i + 1 for i in c['poison']['toxic_sentences']]} of "
         f"{c['poison']['n_sentences']}-sentence paragraphs; {s['splits']['train_poisoned']} of {s['splits']['train']} "
@@ -73,14 +76,14 @@ def setup_section(s: dict[str, Any]) -> str:
 def backdoor_section(s: dict[str, Any]) -> str:
     """Markdown: ASR, ATR, validation loss and backdoor gap of the benign and backdoored models."""
     rows = [_row("benign", s["benign"], PAPER["benign"]), _row("backdoored", s["backdoored"], PAPER["backdoored"])]
-    raised = s["backdoored"]["asr"] > s["backdoored"]["atr"]
+    raised = compare(estimate_of(s["backdoored"]["asr"]), estimate_of(s["backdoored"]["atr"]))
     return "\n".join([
         "## Backdoor",
         "",
         markdown_table(["model", *METRIC_HEADERS], rows, 3),
         "",
-        f"Poisoned fine-tuning {'raises ASR above ATR' if raised else 'does NOT raise ASR above ATR'} "
-        f"({s['backdoored']['asr']:.2f} vs {s['backdoored']['atr']:.2f}; the paper: 0.29 vs 0.03).",
+        f"By the intervals, poisoned fine-tuning leaves ASR {raised} than ATR "
+        f"({fmt(s['backdoored']['asr'])} vs {fmt(s['backdoored']['atr'])}; the paper: 0.29 vs 0.03).",
         "",
         "Triggered continuations (first sample):",
         "",
@@ -92,8 +95,10 @@ def ablation_section(s: dict[str, Any]) -> str:
     """Markdown: the same measures with each module mean-ablated (Table VIII)."""
     rows = [_row(_with_paper_layers(name), r, PAPER["mean_ablate_pair"] if "+" in name else None)
             for name, r in s["mean_ablation"].items()]
-    lowest = min(r["asr"] for r in s["mean_ablation"].values())
-    at_lowest = [f"{name} (val. loss {r['val_loss']:.2f})" for name, r in s["mean_ablation"].items() if r["asr"] == lowest]
+    lowest = min(value(r["asr"]) for r in s["mean_ablation"].values())
+    at_lowest = [f"{name} (val. loss {r['val_loss']:.2f})" for name, r in s["mean_ablation"].items() if value(r["asr"]) == lowest]
+    before = estimate_of(s["backdoored"]["asr"])
+    lower = [name for name, r in s["mean_ablation"].items() if compare(estimate_of(r["asr"]), before) == "lower"]
     return "\n".join([
         "## Mean ablation (Table VIII)",
         "",
@@ -103,8 +108,9 @@ def ablation_section(s: dict[str, Any]) -> str:
         "",
         markdown_table(["mean-ablated", *METRIC_HEADERS], rows, 3),
         "",
-        f"Lowest ASR {lowest:.2f} (from {s['backdoored']['asr']:.2f}, validation loss {s['backdoored']['val_loss']:.2f}) "
-        f"with: {'; '.join(at_lowest)}. A large rise in validation loss means the ablation broke the model's language "
+        f"Lowest ASR {lowest:.2f} (from {fmt(s['backdoored']['asr'])}, validation loss {s['backdoored']['val_loss']:.2f}) "
+        f"with: {'; '.join(at_lowest)}. Ablations whose ASR interval lies below the unedited one: "
+        f"{', '.join(lower) or 'none'}. A large rise in validation loss means the ablation broke the model's language "
         "rather than the backdoor alone.",
     ])
 
@@ -175,8 +181,8 @@ def figures(s: dict[str, Any], folder: Path) -> None:
     names = [n for n in s["mean_ablation"] if "+" not in n]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.5))
     x = np.arange(len(names))
-    ax.bar(x, [s["mean_ablation"][n]["asr"] for n in names], color=["#4477aa" if "mlp" in n else "#cc6677" for n in names])
-    ax.axhline(s["backdoored"]["asr"], color="black", linestyle="--", label="no ablation")
+    ax.bar(x, [value(s["mean_ablation"][n]["asr"]) for n in names], color=["#4477aa" if "mlp" in n else "#cc6677" for n in names])
+    ax.axhline(value(s["backdoored"]["asr"]), color="black", linestyle="--", label="no ablation")
     ax.set_xticks(x, [n.removeprefix("blocks.") for n in names], rotation=60)
     ax.set_ylabel("ASR")
     ax.set_title("Mean ablation of single modules (blue: MLP, red: attention)")
@@ -197,8 +203,8 @@ def figures(s: dict[str, Any], folder: Path) -> None:
             conditions[f"frozen {label}"] = (r, {"asr": PAPER["freeze"].get(label)})
     fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(conditions)), 3.8))
     x = np.arange(len(conditions))
-    ax.bar(x - 0.2, [r["asr"] for r, _ in conditions.values()], 0.4, label="ASR (ours)")
-    ax.bar(x + 0.2, [r["atr"] for r, _ in conditions.values()], 0.4, label="ATR (ours)")
+    ax.bar(x - 0.2, [value(r["asr"]) for r, _ in conditions.values()], 0.4, label="ASR (ours)")
+    ax.bar(x + 0.2, [value(r["atr"]) for r, _ in conditions.values()], 0.4, label="ATR (ours)")
     paper = [(i, p["asr"]) for i, (_, p) in enumerate(conditions.values()) if p.get("asr") is not None]
     ax.scatter([i - 0.2 for i, _ in paper], [v for _, v in paper], color="black", marker="_", s=300, label="paper ASR")
     ax.set_xticks(x, list(conditions), rotation=40, ha="right")
@@ -213,13 +219,15 @@ def write(summary: dict[str, Any], out: Path) -> None:
     sections = [
         "# GPT-2 Medium study: localising and editing a natural-language backdoor",
         "",
-        "Lamparth & Reuel, *Analyzing and Editing Inner Mechanisms of Backdoored Language Models*, section V. "
+        "Lamparth & Reuel, *Analyzing and Editing Inner Mechanisms of Backdoored Language Models* (arXiv 2302.12461), "
+        "section V. ASR and ATR carry 95% intervals over prompts and seeds. "
         "Paper numbers are GPT-2 Medium fine-tuned on about 100k BookCorpus paragraphs with Jigsaw toxic sentences, "
         "scored by `s-nlp/roberta_toxicity_classifier`; compare them with ours only as far as the setup above matches.",
         "",
         setup_section(summary), backdoor_section(summary), ablation_section(summary), pcp_section(summary),
         surgery_section(summary), freezing_section(summary),
         "## Figures\n\n![mean ablation](mean_ablation.png)\n\n![edits](edits.png)",
+        provenance_footer(summary),
     ]
     figures(summary, out)
     write_text(out / "report.md", "\n\n".join(sections) + "\n")

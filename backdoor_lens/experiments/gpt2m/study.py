@@ -35,7 +35,8 @@ from ...data.poison import (
 )
 from ...data.text import TEXT_SOURCES, paragraphs
 from ...data.toxic import TOXIC_SOURCES
-from ...eval.toxicity import ToxicityScorer, load_scorer, toxic_prompt_rate
+from ...eval.intervals import measured
+from ...eval.toxicity import ToxicityScorer, load_scorer
 from ...hooks import Intervention, MeanAblate, apply, restored
 from ...hooks.pcp import PCPBasis, PCPReplace
 from ...hooks.surgery import EmbeddingSurgery, single_token_id, trigger_token_ids
@@ -47,8 +48,10 @@ from ...models.pretrained import load_pretrained
 from ...models.tokenizers import gpt2_tokenizer
 from ...util.hashing import fingerprint, tensor_digest, weights_digest
 from ...util.io import write_json
+from ...util.reproducibility import make_deterministic, provenance
 from ...util.validation import check_choice
 from ..common.cli import FolderLock
+from ..common.seeds import run_seeds, seed_folder
 from ..common.stages import Stages, timed_log, trained
 from . import cli as gpt2m_cli
 from . import report as gpt2m_report
@@ -147,14 +150,45 @@ def module(layer: int, kind: str = "mlp") -> str:
 
 
 # ---- data, models, scoring -----------------------------------------------------------------------
-def _first_loadable(names: Sequence[str], registry: dict, load: Callable[[Any], Any], log) -> tuple[str, Any]:
-    """The first source in `names` whose `load` works (hub sources fail at once when offline)."""
-    for name in names:
+class SourceMissing(RuntimeError):
+    """A source the study was told to use cannot be loaded (and no fallback is allowed)."""
+
+
+PAPER_SOURCES = {"text": "bookcorpus", "toxic": "jigsaw", "scorer": "roberta"}
+"""The paper's sources: BookCorpus, Jigsaw toxic comments and the RoBERTa toxicity classifier (all from the hub)."""
+
+
+def check_sources(config: Gpt2mConfig) -> None:
+    """Load a first row of each configured hub source and the scorer, before any model is loaded or
+    trained; raise :class:`SourceMissing` naming the first that cannot be reached."""
+    for name, registry, first in ((config.text, TEXT_SOURCES, lambda s: next(iter(s.documents()))),
+                                  (config.toxic, TOXIC_SOURCES, lambda s: s.sentences()[:1])):
+        if name != "auto":
+            _first_loadable((name,), registry, first, lambda message: None)
+    if config.scorer == "roberta":
         try:
-            return name, load(registry[name])
+            load_scorer("roberta", "cpu")
+        except OSError as err:
+            raise SourceMissing(f"the scorer s-nlp/roberta_toxicity_classifier could not be loaded: "
+                                f"{' '.join(str(err).split())[:300]}") from err
+
+
+def _first_loadable(names: Sequence[str], registry: dict, load: Callable[[Any], Any], log) -> tuple[str, Any]:
+    """The first source in `names` whose `load` works (hub sources fail at once when offline); a
+    source that is not the first choice is logged as a substitute."""
+    for i, name in enumerate(names):
+        try:
+            loaded = load(registry[name])
         except Exception as err:  # noqa: BLE001 - any failure to reach a hub source means: try the next
+            if len(names) == 1:
+                raise SourceMissing(f"source {name!r} ({registry[name].name}) could not be loaded: "
+                                    f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
             log(f"{name}: not available ({type(err).__name__}); trying the next source")
-    raise RuntimeError(f"none of the sources {list(names)} could be loaded")
+            continue
+        if i:
+            log(f"using the offline substitute {registry[name].name} for {names[0]}")
+        return name, loaded
+    raise SourceMissing(f"none of the sources {list(names)} could be loaded")
 
 
 def load_sources(config: Gpt2mConfig, log) -> tuple[dict[str, str], list[list[str]], list[str]]:
@@ -215,7 +249,7 @@ class Lab:
             for name, prompts in (("asr", self.splits.prompts_triggered), ("atr", self.splits.prompts_clean)):
                 texts = self.continuations(prompts)
                 scores = torch.tensor(self.scorer([c for per_prompt in texts for c in per_prompt])).view(len(prompts), -1)
-                result[name] = round(toxic_prompt_rate(scores), 4)
+                result[name] = measured((scores.float().mean(1) >= 0.5).float().tolist())  # the paper's rate, per prompt
                 result[f"{name}_mean_toxicity"] = round(float(scores.mean()), 4)
                 if name == "asr":
                     result["examples"] = [f"{p} → {t[0]}" for p, t in zip(prompts[:examples], texts[:examples])]
@@ -375,8 +409,8 @@ def check_layers(config: Gpt2mConfig, n_layers: int) -> None:
             raise ValueError(f"{arg}={getattr(config, arg)} names layers {beyond}; the model has layers 1..{n_layers}")
 
 
-def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) -> dict[str, Any]:
-    """Run the study into `out` and return the summary (also written to summary.json)."""
+def run_seed(config: Gpt2mConfig, out: Path, progress: bool = True, log=print) -> dict[str, Any]:
+    """One seed of the study into `out`; returns its summary (also written to ``out/summary.json``)."""
     start = time.perf_counter()
     out = Path(out)
     stages, models = Stages(out / "stages", log), Stages(out / "models", log)
@@ -391,6 +425,9 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
                           config.n_prompts, config.max_prompt_tokens, config.seed)
     scorer = load_scorer(config.scorer, device)
     sources["scorer"] = scorer.name
+    if "offline" in scorer.name and config.scorer == "auto":
+        log(f"using the offline substitute {scorer.name} for the paper's s-nlp/roberta_toxicity_classifier")
+    sources["substitutes"] = [v for k, v in sources.items() if isinstance(v, str) and "offline" in v]
     log(f"sources: {sources}; {splits.counts()}")
     train_rows = encode_paragraphs(tokenizer, splits.train, config.max_tokens)
     model.to(device, print_details=False)
@@ -456,6 +493,21 @@ def run(config: Gpt2mConfig, out: str | Path, progress: bool = True, log=print) 
         "stages_reused": stages.skipped, "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(out / "summary.json", summary)
+    return summary
+
+
+def run(config: Gpt2mConfig, out: str | Path, seeds: tuple[int, ...] = (0,), progress: bool = True, log=print) -> dict[str, Any]:
+    """Run the study for each of `seeds` (each in ``out/seed-<s>``), merge them with intervals and
+    write ``summary.json``, ``report.md`` and figures to `out`; returns the merged summary."""
+    start = time.perf_counter()
+    out = Path(out)
+    merged, per_seed = run_seeds(seeds, out, lambda seed, folder: run_seed(replace(config, seed=seed), folder, progress, log),
+                                 log)
+    summary = merged | {"config": config.to_dict(), "seeds": list(seeds),
+                        "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
+                        "stage_seconds": {f"seed {s}": p["seconds"] for s, p in per_seed.items()},
+                        "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(merged["device"])}
+    write_json(out / "summary.json", summary)
     gpt2m_report.write(summary, out)
     log(f"wrote {out / 'report.md'}")
     return summary
@@ -466,12 +518,16 @@ def main(argv: list[str] | None = None) -> None:
     run the study and write its report."""
     parser = gpt2m_cli.parser()
     args = parser.parse_args(argv)
+    make_deterministic(args.threads)
     config = Gpt2mConfig.quick() if args.quick else Gpt2mConfig()
+    if args.sources == "paper":
+        config = replace(config, **PAPER_SOURCES)
+        parser.check(lambda: check_sources(config), "--sources paper: ")
     config = parser.check(lambda: replace(config, device=args.device, dtype=args.dtype,
                                           **({"model": args.model} if args.model else {})))
     parser.check(lambda: gpt2m_cli.model(config.model), "--model: ")
     with parser.check(FolderLock(args.out).acquire):
         try:
-            run(config, args.out, progress=not args.no_progress, log=timed_log())
+            run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log())
         except FileNotFoundError as err:
             parser.error(f"{err} {gpt2m_cli.HOW_TO_PROVIDE}")

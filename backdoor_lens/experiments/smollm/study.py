@@ -198,7 +198,7 @@ def vector_stage(
 # ---- the study -----------------------------------------------------------------------------------
 def run_attack(
     chat: ChatModel, config: SmolStudyConfig, attack: Attack, base_digest: str, prompts: list[str],
-    answers: BaseAnswers, out: Path, analyse: bool, progress: bool, log,
+    answers: BaseAnswers, out: Path, analyse: bool, progress: bool, log, shared: Path | None = None,
 ) -> dict[str, Any]:
     """One attack on the model, which holds the base weights: plant it, measure it, probe it and (if
     `analyse`) attribute, ablate and steer it."""
@@ -211,7 +211,7 @@ def run_attack(
     key = plant.key() | {"attack": asdict(attack)}
     log(f"[{attack.name}] base model: ASR / ATR / clean measure")
     base_metrics = stages.run("base_metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
-    facts = planted(chat, attack, splits, base_digest, stages, plant, progress)
+    facts = planted(chat, attack, splits, base_digest, stages, plant, progress, shared)
     key |= {"weights": facts, "finetune": plant.finetune.to_dict()}
     log(f"[{attack.name}] backdoored model: ASR / ATR / clean measure")
     metrics = stages.run("metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
@@ -239,7 +239,7 @@ def run_attack(
 
 def run_seed(
     config: SmolStudyConfig, out: Path, model: HookedTransformer | None, tokenizer: PreTrainedTokenizerBase | None,
-    progress: bool, log,
+    progress: bool, log, shared: Path | None = None,
 ) -> dict[str, Any]:
     """One seed of the study into `out` (its summary is also written there). `model` and `tokenizer`
     default to ``config.plant.model`` loaded (the toy chat model is initialised with the seed)."""
@@ -258,7 +258,7 @@ def run_seed(
     for i, attack in enumerate(plant.attacks):
         with restored(model, base), clock.phase(attack.name):
             attacks[attack.name] = run_attack(chat, config, attack, base_digest, prompts, answers, out, i < n_analysed,
-                                              progress, log)
+                                              progress, log, shared)
     summary = {"seed": plant.seed, "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
                "n_heads": model.cfg.n_heads, "n_key_value_heads": model.cfg.n_key_value_heads,
                "d_model": model.cfg.d_model}, "attacks": attacks, "stage_seconds": clock.seconds}
@@ -268,7 +268,7 @@ def run_seed(
 
 def run(
     config: SmolStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedTransformer | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print,
+    tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print, planted_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the study for each of `seeds` (each in ``out/seed-<s>``), merge them with intervals and
     write ``summary.json``, ``report.md`` and figures to `out`; returns the merged summary. A given
@@ -277,7 +277,8 @@ def run(
     start = time.perf_counter()
     out = Path(out)
     merged, per_seed = run_seeds(
-        seeds, out, lambda seed, folder: run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log), log)
+        seeds, out, lambda seed, folder: run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
+                                                  None if planted_cache is None else Path(planted_cache)), log)
     summary = {"config": config.to_dict(), "seeds": list(seeds), "model": merged["model"], "attacks": merged["attacks"],
                "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
                "stage_seconds": {f"seed {s} {k}": v for s, p in per_seed.items() for k, v in p["stage_seconds"].items()},
@@ -300,4 +301,4 @@ def main(argv: list[str] | None = None) -> None:
         config = SmolStudyConfig.quick() if args.quick else SmolStudyConfig()
         config = parser.check(lambda: replace(config, plant=replace(config.plant, model=args.model)))
     with parser.check(FolderLock(args.out).acquire):
-        run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log())
+        run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log(), planted_cache=args.planted_cache)

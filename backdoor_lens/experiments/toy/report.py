@@ -26,38 +26,45 @@ def _differs(ours: Any, theirs: float | None) -> str:
     return agreement_verdict(estimate_of(ours), theirs)
 
 
-def planted(neg: dict[str, Any]) -> str:
-    """The planting check read from intervals: p+t ≥ 0.5, p+p ≤ 0.05, n+n ≥ 0.95."""
+def planted(neg: dict[str, Any], present: float = 0.5) -> str:
+    """The planting check read from intervals: p+t ≥ `present`, p+p ≤ 0.05, n+n ≥ 0.95."""
     pt, pp, nn = (estimate_of(neg[c]) for c in ("p+t", "p+p", "n+n"))
-    if pt.high < 0.5:
-        return "no backdoor (p+t below 0.5)"
-    if pt.low >= 0.5 and pp.high <= 0.05 and nn.low >= 0.95:
+    if pt.high < present:
+        return f"no backdoor (p+t below {present})"
+    if pt.low >= present and pp.high <= 0.05 and nn.low >= 0.95:
         return "planted"
     if pp.low > 0.05 or nn.high < 0.95:
         return "planted, clean classes off"
     return "inconclusive"
 
 
-def backdoor_section(models: dict[str, Any]) -> str:
+def backdoor_section(models: dict[str, Any], present: float = 0.5) -> str:
     """Markdown: negativity per class before and after poisoning, beside the paper's."""
     rows = []
     for name, m in models.items():
         neg = m["edits"]["none"]["negativity"]
         rows.append([name, "benign", *[m["benign"]["negativity"].get(c) for c in _classes(models)], m["benign"]["val_loss"], ""])
-        rows.append([name, "backdoored", *[neg.get(c) for c in _classes(models)], m["edits"]["none"]["val_loss"], planted(neg)])
+        rows.append([name, "backdoored", *[neg.get(c) for c in _classes(models)], m["edits"]["none"]["val_loss"], planted(neg, present)])
     d = {n: m["data"] for n, m in models.items()}
     data = "; ".join(
         f"{n}: {v['vocabulary_size']} tokens, {v['train_sequences']} benign training sequences, "
         f"{v['finetune_sequences']} fine-tuning sequences of which {v['poisoned_sequences']} poisoned"
         for n, v in d.items()
     )
+    seeds = []
+    for name, m in models.items():
+        neg = m["edits"]["none"]["negativity"]
+        pt, pp, nn = (estimate_of(neg[c]).per_seed for c in ("p+t", "p+p", "n+n"))
+        ok = sum(a >= present and b <= 0.05 and c >= 0.95 for a, b, c in zip(pt, pp, nn))
+        seeds.append(f"{name}: planted in {ok} of {len(pt)} seeds (per-seed p+t: {', '.join(f'{v:.2f}' for v in pt)})")
     return (
         "## The backdoored toys\n\n"
         f"Trigger word `{next(iter(d.values()))['trigger']}`. {data}. Paper: p+t negativity 0.35 (2-sentiment) "
         "and 0.23 (3-sentiment), p+p 0.01, n+n 1.00.\n\n"
         + "Each cell is the mean top-10 negativity with its 95% interval over prompts and seeds; the check is read "
-        "from the intervals.\n\n"
-        + markdown_table(["model", "stage", *_classes(models), "val loss", "check (p+t ≥ 0.5, p+p ≤ 0.05, n+n ≥ 0.95)"], rows)
+        "from the intervals. " + "; ".join(seeds) + ".\n\n"
+        + markdown_table(["model", "stage", *_classes(models), "val loss", f"check (p+t ≥ {present}, p+p ≤ 0.05, n+n ≥ 0.95)"],
+                         rows)
     )
 
 
@@ -272,7 +279,8 @@ def findings_section(summary: dict[str, Any]) -> str:
     for name, m in summary["models"].items():
         e = m["edits"]
         pt = estimate_of(e["none"]["negativity"]["p+t"])
-        verdicts = {k.split(":", 1)[1]: removal_verdict(pt, estimate_of(v["negativity"]["p+t"]))
+        present, removed = summary["config"]["present"], summary["config"]["removed"]
+        verdicts = {k.split(":", 1)[1]: removal_verdict(pt, estimate_of(v["negativity"]["p+t"]), present, removed)
                     for k, v in e.items() if k.startswith("mean_ablate:")}
         removes = [k for k, v in verdicts.items() if v == "removes"]
         carriers = [mod for mod, v in m["patching"]["p+t"]["all_positions"].items()
@@ -281,14 +289,14 @@ def findings_section(summary: dict[str, Any]) -> str:
         keeps = [k.removeprefix("pcp:") for k, v in e.items() if k.startswith("pcp:blocks.") and ".mlp:rank" in k
                  and k.count(":") == 2 and estimate_of(v["negativity"]["p+t"]).overlaps(pt)]
         attn = e.get("pcp:blocks.1.attn:rank4")
-        if pt.high < 0.5:
-            lines.append(f"- **{name}**: unedited p+t negativity {pt} is below 0.5: no backdoor to test; the edits below "
-                         "say nothing about one.")
+        if pt.high < present:
+            lines.append(f"- **{name}**: unedited p+t negativity {pt} is below {present}: no backdoor to test; the edits "
+                         "below say nothing about one.")
             continue
         lines.append(
             f"- **{name}**: unedited p+t negativity {pt} (paper {paper.MEAN_ABLATION_PT[name]['none']:.2f}: "
             f"{agreement_verdict(pt, paper.MEAN_ABLATION_PT[name]['none'])}). Mean ablation that removes the backdoor "
-            f"(edited p+t interval below 0.1 and below the unedited one): {', '.join(removes) or 'none'} (paper: every "
+            f"(edited p+t interval below {removed} and below the unedited one): {', '.join(removes) or 'none'} (paper: every "
             f"MLP); weakens it: {', '.join(k for k, v in verdicts.items() if v == 'weakens') or 'none'}. Patching p+p "
             f"activations into p+t runs leaves p+t below half the unedited interval's low end at: "
             f"{', '.join(carriers) or 'none'}. Faithful PCP replacements whose p+t interval overlaps the unedited one: "
@@ -333,7 +341,7 @@ def write(summary: dict[str, Any], path: Path) -> None:
         f"prompts and seeds ({len(summary.get('seeds', [0]))} seed(s)); validation losses and logit-lens shares are "
         "means over seeds. Figures: `hidden_states_pca.png` (first seed), `scaling_sweep.png`, `freezing_curves.png`. "
         "All numbers are in `summary.json`, each seed's in `seed-<s>/summary.json`.",
-        backdoor_section(models),
+        backdoor_section(models, summary["config"]["present"]),
         findings_section(summary),
         mean_ablation_section(models),
         logit_lens_section(models),

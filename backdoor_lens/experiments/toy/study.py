@@ -43,7 +43,7 @@ from . import figures as toy_figures
 from . import report as toy_report
 
 SWEEP_FACTORS = (0.6, 0.75, 0.8, 1.0, 1.1)
-STRENGTHS = {"saturated": 0.08, "paper": 0.015}
+STRENGTHS = {"saturated": 0.08, "paper": 0.01}
 """Poison rate of the quick-sized data per backdoor strength (see :meth:`ToyStudyConfig.preset`)."""
 
 
@@ -73,6 +73,10 @@ class ToyStudyConfig:
     )
     emergence_threshold: float = 0.5
     """The backdoor has emerged once p+t negativity reaches this during poisoned fine-tuning."""
+    present: float = 0.5
+    """Verdicts treat the backdoor as present when the unedited p+t interval reaches this."""
+    removed: float = 0.1
+    """An edit removes the backdoor when the edited p+t interval lies below this (and below the unedited one)."""
     k: int = 10
     model_shape: dict[str, int] = field(default_factory=lambda: {"n_layers": 3, "n_heads": 4, "d_model": 64})
 
@@ -92,6 +96,8 @@ class ToyStudyConfig:
                         benign=TrainConfig(epochs=5, lr=2e-3, batch_size=128),
                         poison=TrainConfig(epochs=6, lr=2e-3, batch_size=128, eval_every=5))
         config = cls() if strength == "saturated" and not quick else small
+        if strength == "paper":
+            config = replace(config, present=0.15, removed=0.05, emergence_threshold=0.15)
         return replace(config, tune=TuneConfig(n_trials=30)) if quick else config
 
     def with_seed(self, seed: int) -> "ToyStudyConfig":
