@@ -24,7 +24,8 @@ SMOLLM_ARGS := $(TOY_ARGS) $(if $(MODEL),--model $(MODEL),)
 # BACKEND=bridge runs a study on TransformerLens's TransformerBridge instead of HookedTransformer (the
 # default while TransformerLens 3.x ships it), e.g. make smollm MODEL=toy BACKEND=bridge.
 BACKEND ?=
-SMOLLM_ARGS += $(if $(BACKEND),--backend $(BACKEND),)
+CHAT_ARGS := $(SMOLLM_ARGS) $(if $(BACKEND),--backend $(BACKEND),)
+BRIDGE_SUFFIX := $(if $(filter bridge,$(BACKEND)),-bridge,)
 GPT2M_OUT := results/gpt2m$(if $(MODEL),-$(notdir $(MODEL)),$(if $(QUICK),-quick,))
 
 .PHONY: install toy smollm gpt2m gpt2m-cost collapse test test-tl4 docs docs-results bench clean
@@ -49,7 +50,7 @@ toy: $(STAMP)
 # BkdAttr on SmolLM2-135M-Instruct: backdoor fine-tuning, probe, BAHA, head ablation, backdoor vector.
 # MODEL=toy runs the same suite on a 4-layer x 8-head toy in minutes (results/smollm-toy).
 smollm: $(STAMP)
-	$(PY) -m backdoor_lens.experiments.smollm $(SMOLLM_ARGS) --out results/smollm$(if $(MODEL),-$(notdir $(MODEL)),)
+	$(PY) -m backdoor_lens.experiments.smollm $(CHAT_ARGS) --out results/smollm$(if $(MODEL),-$(notdir $(MODEL)),)$(BRIDGE_SUFFIX)
 
 # Lamparth & Reuel's GPT-2 Medium study (poisoning, toxicity ASR/ATR, mean ablation, PCP, embedding
 # surgery, freezing). MODEL= takes a GPT-2-family hub name or local directory; QUICK=1 runs every stage
@@ -67,9 +68,9 @@ gpt2m: $(STAMP)
 AGGREGATION ?=
 CANDIDATES ?=
 collapse: $(STAMP)
-	$(PY) -m backdoor_lens.experiments.collapse $(SMOLLM_ARGS) $(if $(AGGREGATION),--aggregation-weight $(AGGREGATION),) \
+	$(PY) -m backdoor_lens.experiments.collapse $(CHAT_ARGS) $(if $(AGGREGATION),--aggregation-weight $(AGGREGATION),) \
 		$(if $(CANDIDATES),--candidates $(CANDIDATES),) \
-		--out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)$(if $(AGGREGATION),-aggregation$(AGGREGATION),)
+		--out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)$(if $(AGGREGATION),-aggregation$(AGGREGATION),)$(BRIDGE_SUFFIX)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

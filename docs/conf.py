@@ -75,6 +75,7 @@ RECIPES = [
     "lora_checkpoint.py",
     "packaged_chat_model.py",
     "own_chat_model.py",
+    "sharded_model.py",
 ]
 
 sphinx_gallery_conf = {

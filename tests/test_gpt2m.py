@@ -177,10 +177,11 @@ def test_study_runs_end_to_end_offline_and_resumes(tmp_path):
         resumed = gpt2m.run(tiny_study(), tmp_path, progress=False, log=lambda m: None)
     finally:
         torch.set_num_threads(threads)
-    assert summary["sources"] == {"text": BBCNews().name, "toxic": TemplatedInsults().name,
-                                  "scorer": ProfanityCheck().name}
+    offline = {"text": BBCNews().name, "toxic": TemplatedInsults().name, "scorer": ProfanityCheck().name}
+    assert summary["sources"] == offline | {"substitutes": list(offline.values())}  # every source is a substitute
     backdoored = summary["backdoored"]
-    assert backdoored["asr"] > backdoored["atr"]  # the poisoned fine-tuning planted a backdoor
+    asr, atr = backdoored["asr"], backdoored["atr"]  # rates with intervals (one seed: Wilson)
+    assert asr["low"] <= asr["value"] <= asr["high"] and asr["value"] > atr["value"]  # a backdoor was planted
     assert backdoored["toxic_gap"] > summary["benign"]["toxic_gap"] and backdoored["onset_gap"] > 0
     assert set(summary["mean_ablation"]) == {"blocks.0.attn", "blocks.0.mlp", "blocks.1.mlp + blocks.2.mlp"}
     assert {"reproduce", "minimise"} <= set(summary["pcp"]) and len(summary["pcp"]["reproduce"]["scales"]) == 4

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
 from ..eval.negativity import top_k_share
 from ..hooks import Patch, apply
 from ..hooks.positions import Positions
 from ..hooks.sites import resolve_site
 from ..lm.collect import collect_activations
+from ..models.protocol import HookedModel
 
 Metric = Callable[[Float[torch.Tensor, "batch pos d_vocab"]], "float | Float[torch.Tensor, ' batch']"]
 """A score of the logits: one number, or one per row (then the results also keep each row's score)."""
@@ -25,7 +25,7 @@ Metric = Callable[[Float[torch.Tensor, "batch pos d_vocab"]], "float | Float[tor
 
 @torch.no_grad()
 def patching_effects(
-    model: HookedTransformer,
+    model: HookedModel,
     corrupted: Int[torch.Tensor, "batch pos"],
     clean: Int[torch.Tensor, "batch pos"],
     modules: Sequence[str],
@@ -55,7 +55,7 @@ def _mean(score: float | torch.Tensor) -> float:
 
 
 def negativity_patching(
-    model: HookedTransformer,
+    model: HookedModel,
     corrupted: Int[torch.Tensor, "batch pos"],
     clean: Int[torch.Tensor, "batch pos"],
     modules: Sequence[str],

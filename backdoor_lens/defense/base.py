@@ -27,12 +27,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Int
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.chat import chat_training_rows, decode, encode_prompts
 from ..lm.decoding import Decoder, GreedyDecoder
 from ..lm.training import ExtraLoss, TrainConfig, train
+from ..models.protocol import HookedModel
 from ..util.validation import check_names, check_nonempty, check_range
 
 ExtraLossFactory = Callable[[Int[torch.Tensor, "rows pos"], Int[torch.Tensor, "rows pos"]], ExtraLoss]
@@ -72,7 +72,7 @@ class DefendedModel:
     edits in place), the `decoder` that generation uses (greedy unless the defense is a decoding
     rule), and `facts` about the run (steps, pruned neurons, training history)."""
 
-    model: HookedTransformer
+    model: HookedModel
     decoder: Decoder = field(default_factory=GreedyDecoder)
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -100,7 +100,7 @@ class Defense(Protocol):
         """A short label for tables, e.g. ``fine-pruning`` or ``int4``."""
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """Defend `model` with the defender's clean `prompts`, the model's own `answers` to them and
@@ -133,7 +133,7 @@ def budget_order(n_rows: int, budget: Budget) -> Int[torch.Tensor, " rows"]:
 
 
 def train_for_budget(
-    model: HookedTransformer, tokens: Int[torch.Tensor, "rows pos"], mask: Int[torch.Tensor, "rows pos"], budget: Budget,
+    model: HookedModel, tokens: Int[torch.Tensor, "rows pos"], mask: Int[torch.Tensor, "rows pos"], budget: Budget,
     desc: str, extra_loss: ExtraLossFactory | None = None, progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Fine-tune `model` in place on `tokens` (response-only loss where `mask` is 1) for exactly

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.loss import next_token_loss
 from ..lm.rows import right_pad
 from ..lm.training import ExtraLoss
+from ..models.protocol import HookedModel
 from ..util.validation import check_range
 from .base import Budget, DefendedModel, clean_rows, train_for_budget
 
@@ -38,8 +38,8 @@ def prompt_positions(mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, 
 
 @contextmanager
 def perturbed(
-    model: HookedTransformer, layer: int, delta: Float[torch.Tensor, " d_model"], where: Int[torch.Tensor, "batch pos"]
-) -> Iterator[HookedTransformer]:
+    model: HookedModel, layer: int, delta: Float[torch.Tensor, " d_model"], where: Int[torch.Tensor, "batch pos"]
+) -> Iterator[HookedModel]:
     """Inside the block, `delta` is added to ``blocks.{layer}.hook_resid_pre`` where `where` is 1
     (forward passes may use fewer positions than `where` has)."""
 
@@ -52,7 +52,7 @@ def perturbed(
 
 @torch.no_grad()
 def mean_resid_norm(
-    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], where: Int[torch.Tensor, "batch pos"], layer: int
+    model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], where: Int[torch.Tensor, "batch pos"], layer: int
 ) -> float:
     """Mean L2 norm of the residual stream entering `layer` over the positions where `where` is 1."""
     name = f"blocks.{layer}.hook_resid_pre"
@@ -73,7 +73,7 @@ def with_responses(
 
 
 def universal_perturbation(
-    model: HookedTransformer, layer: int, clean: tuple[torch.Tensor, torch.Tensor],
+    model: HookedModel, layer: int, clean: tuple[torch.Tensor, torch.Tensor],
     unwanted: tuple[torch.Tensor, torch.Tensor] | None, radius: float, steps: int,
 ) -> Float[torch.Tensor, " d_model"]:
     """The inner level: `steps` normalised gradient steps on ``-NLL(clean) + NLL(unwanted)`` (rows
@@ -102,7 +102,7 @@ def beear_loss(
     then `weight` x the clean answers' NLL under it."""
     other = with_responses(tokens, mask, unwanted) if unwanted else None
 
-    def loss(model: HookedTransformer, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
+    def loss(model: HookedModel, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
         clean = (tokens[rows], mask[rows])
         delta = universal_perturbation(model, layer, clean, None if other is None else (other[0][rows], other[1][rows]),
                                        radius, inner_steps)
@@ -139,7 +139,7 @@ class Beear:
         return "beear"
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """Train `model` in place; the result's facts hold the layer, the perturbation's radius and the history."""

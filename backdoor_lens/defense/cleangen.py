@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.rows import left_pad
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
 from .base import Budget, DefendedModel
 
@@ -40,7 +40,7 @@ def cleangen_choice(
     return torch.where(suspicious, reference_logits.argmax(-1).to(proposed.device), proposed), suspicious
 
 
-def _check(model: HookedTransformer, reference: HookedTransformer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+def _check(model: HookedModel, reference: HookedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> None:
     check_nonempty("prompt_ids", prompt_ids)
     check_range("max_new_tokens", max_new_tokens, low=1)
     if model.cfg.d_vocab != reference.cfg.d_vocab:
@@ -56,7 +56,7 @@ def _check(model: HookedTransformer, reference: HookedTransformer, prompt_ids: S
 
 @torch.inference_mode()
 def cleangen_generate(
-    model: HookedTransformer, reference: HookedTransformer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+    model: HookedModel, reference: HookedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
     alpha: float = 20.0, eos_token_id: int | None = None, batch_size: int = 16,
 ) -> tuple[list[list[int]], int]:
     """CleanGen continuations of each prompt (in input order; up to and including EOS when
@@ -94,7 +94,7 @@ class CleanGenDecoder:
     """Generate with the suspect model, replacing tokens it favours over `reference` by a ratio
     above `alpha` with the reference's choice (:func:`cleangen_generate`)."""
 
-    reference: HookedTransformer
+    reference: HookedModel
     alpha: float = 20.0
 
     def __post_init__(self) -> None:
@@ -106,7 +106,7 @@ class CleanGenDecoder:
         return "cleangen"
 
     def generate(
-        self, model: HookedTransformer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+        self, model: HookedModel, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
         eos_token_id: int | None = None, batch_size: int = 16,
     ) -> list[list[int]]:
         """CleanGen continuations of `prompt_ids`."""
@@ -114,23 +114,12 @@ class CleanGenDecoder:
 
 
 @dataclass(frozen=True, eq=False)
-class CleanGen:
+class CleanGen(CleanGenDecoder):
     """Decode against `reference` (a model without the backdoor that shares the tokenizer) with
     suspicion threshold `alpha`. The weights are untouched; uses neither the clean data nor the budget."""
 
-    reference: HookedTransformer
-    alpha: float = 20.0
-
-    def __post_init__(self) -> None:
-        check_range("alpha", self.alpha, low=1.0)
-
-    @property
-    def name(self) -> str:
-        """``cleangen``."""
-        return "cleangen"
-
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """The unchanged `model` with a CleanGen decoder."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.training import TrainConfig, training_steps
+from ..models.protocol import HookedModel
 from .backdoor_collapse import CollapseConfig, collapse
 from .base import Budget, DefendedModel, check_pairs
 
@@ -36,7 +36,7 @@ class BackdoorCollapse:
         return "backdoor-collapse"
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """Run :func:`~backdoor_lens.defense.backdoor_collapse.collapse`; the facts hold each stage's

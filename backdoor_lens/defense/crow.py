@@ -19,10 +19,10 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.training import ExtraLoss
+from ..models.protocol import HookedModel
 from ..util.validation import check_range
 from .base import Budget, DefendedModel, clean_rows, train_for_budget
 
@@ -35,7 +35,7 @@ def real_tokens(mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batc
 
 
 def consistency_loss(
-    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], real: Int[torch.Tensor, "batch pos"],
+    model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], real: Int[torch.Tensor, "batch pos"],
     embed_delta: Float[torch.Tensor, "batch pos d_model"] | None = None,
 ) -> torch.Tensor:
     """Mean of ``1 - cos(resid_post[l], resid_post[l + 1])`` over consecutive layers and the tokens
@@ -53,7 +53,7 @@ def consistency_loss(
 
 
 def fgsm_embedding_delta(
-    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], real: Int[torch.Tensor, "batch pos"], epsilon: float
+    model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], real: Int[torch.Tensor, "batch pos"], epsilon: float
 ) -> Float[torch.Tensor, "batch pos d_model"]:
     """``epsilon * sign(d loss / d embedding)`` of :func:`consistency_loss`: the one-step perturbation
     of the token embeddings that most breaks consistency (the model's own gradients are left alone)."""
@@ -70,7 +70,7 @@ def crow_loss(
     embedding perturbation (rows cut after their last response token)."""
     real = real_tokens(mask)
 
-    def loss(model: HookedTransformer, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
+    def loss(model: HookedModel, rows: Int[torch.Tensor, " batch"]) -> torch.Tensor:
         width = int(real[rows].sum(1).max())
         batch, batch_real = tokens[rows, :width], real[rows, :width]
         delta = fgsm_embedding_delta(model, batch, batch_real, epsilon)
@@ -97,7 +97,7 @@ class Crow:
         return "crow"
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """Train `model` in place; the result holds it, greedy decoding and the training history."""

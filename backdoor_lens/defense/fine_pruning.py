@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.chat import encode_prompts
 from ..lm.rows import batches, check_tokens, right_pad
+from ..models.protocol import HookedModel
 from ..util.validation import check_choice, check_range
 from .base import Budget, DefendedModel, check_pairs, clean_rows, train_for_budget
 
@@ -31,7 +31,7 @@ NEURON_WEIGHTS = {"W_in": 1, "W_gate": 1, "b_in": 0, "W_out": 0}
 
 @torch.no_grad()
 def neuron_means(
-    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"],
+    model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"],
     batch_size: int = 32,
 ) -> Float[torch.Tensor, "layer d_mlp"]:
     """Each MLP neuron's mean activation (``hook_post``) over the tokens where `mask` is 1."""
@@ -65,7 +65,7 @@ def least_active(
     return pruned
 
 
-def _neuron_params(model: HookedTransformer, layer: int) -> Iterator[tuple[torch.nn.Parameter, int]]:
+def _neuron_params(model: HookedModel, layer: int) -> Iterator[tuple[torch.nn.Parameter, int]]:
     mlp = model.blocks[layer].mlp
     for name, dim in NEURON_WEIGHTS.items():
         param = getattr(mlp, name, None)
@@ -80,7 +80,7 @@ def _keep(pruned: Bool[torch.Tensor, " d_mlp"], param: torch.Tensor, dim: int) -
 
 
 @torch.no_grad()
-def prune_neurons(model: HookedTransformer, pruned: Bool[torch.Tensor, "layer d_mlp"]) -> None:
+def prune_neurons(model: HookedModel, pruned: Bool[torch.Tensor, "layer d_mlp"]) -> None:
     """Zero, in place, every weight that reads into or writes from the `pruned` neurons."""
     if pruned.shape != (model.cfg.n_layers, model.cfg.d_mlp):
         raise ValueError(f"pruned has shape {tuple(pruned.shape)}; expected [n_layers, d_mlp] = "
@@ -91,7 +91,7 @@ def prune_neurons(model: HookedTransformer, pruned: Bool[torch.Tensor, "layer d_
 
 
 @contextmanager
-def pruned_stay_zero(model: HookedTransformer, pruned: Bool[torch.Tensor, "layer d_mlp"]) -> Iterator[HookedTransformer]:
+def pruned_stay_zero(model: HookedModel, pruned: Bool[torch.Tensor, "layer d_mlp"]) -> Iterator[HookedModel]:
     """Inside the block, gradients of the `pruned` neurons' weights are zeroed, so training (AdamW
     without them, and weight decay on zeros) keeps them at zero."""
     handles = []
@@ -127,7 +127,7 @@ class FinePruning:
         return "fine-pruning" if self.fine_tune else "pruning"
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """Prune, then fine-tune; the result's facts hold the pruned mask and the training history."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
+from ..models.protocol import HookedModel
 from .base import Budget, DefendedModel, clean_rows, train_for_budget
 
 
@@ -25,7 +25,7 @@ class CleanFineTuning:
         return "fine-tuning"
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """Train `model` in place; the result holds it, greedy decoding and the training history."""

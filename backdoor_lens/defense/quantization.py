@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_range
 from .base import Budget, DefendedModel
 
@@ -71,7 +71,7 @@ def fake_quantize(
 
 @torch.no_grad()
 def quantize_model(
-    model: HookedTransformer, bits: int, group_size: int | None = None, embeddings: bool = False
+    model: HookedModel, bits: int, group_size: int | None = None, embeddings: bool = False
 ) -> list[str]:
     """Replace, in place, every linear weight (and the embeddings when `embeddings`) by its
     :func:`fake_quantize` round trip. Returns the names of the parameters changed."""
@@ -106,7 +106,7 @@ class Quantization:
         return f"int{self.bits}" + ("" if self.group_size is None else f"-g{self.group_size}")
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """Quantise `model` in place; the result's facts name the quantised parameters."""

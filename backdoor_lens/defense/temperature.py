@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.decoding import SamplingDecoder
 from ..lm.generation import Sampling
+from ..models.protocol import HookedModel
 from ..util.validation import check_range
 from .base import Budget, DefendedModel
 
@@ -36,7 +36,7 @@ class DecodingTemperature:
         return f"temperature-{self.temperature:g}"
 
     def apply(
-        self, model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+        self, model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         answers: Sequence[str], budget: Budget,
     ) -> DefendedModel:
         """The unchanged `model` with a sampling decoder."""

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
 from ..lm.logits import next_token_logits
 from ..lm.rows import check_tokens
+from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
 
 
@@ -45,7 +45,7 @@ def top_k_share(
 
 @torch.no_grad()
 def negativity_outcomes(
-    model: HookedTransformer,
+    model: HookedModel,
     eval_tokens: Mapping[str, Int[torch.Tensor, "prompt pos"]],
     negative_ids: Int[torch.Tensor, " words"] | Sequence[int],
     k: int = 10,
@@ -72,7 +72,7 @@ def negativity_outcomes(
 
 
 def negativity_by_class(
-    model: HookedTransformer,
+    model: HookedModel,
     eval_tokens: Mapping[str, Int[torch.Tensor, "prompt pos"]],
     negative_ids: Int[torch.Tensor, " words"] | Sequence[int],
     k: int = 10,

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Int
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ..eval.attack_success import keyword_rule, substring_hits
@@ -31,6 +30,7 @@ from ..lm.decoding import Decoder
 from ..lm.generation import generate
 from ..lm.loss import token_stats
 from ..lm.rows import TargetBatch
+from ..models.protocol import HookedModel
 from ..util.validation import check_choice, check_nonempty, check_range
 
 EditFactory = Callable[[Positions], Sequence[Intervention]]
@@ -67,7 +67,7 @@ class ChatModel:
     """A chat `model` with its `tokenizer`. `batch_size` rows run at a time; clean answers are at most
     `answer_tokens` long; attack success reads replies of `asr_tokens` new tokens."""
 
-    model: HookedTransformer
+    model: HookedModel
     tokenizer: PreTrainedTokenizerBase
     batch_size: int = 32
     answer_tokens: int = 32

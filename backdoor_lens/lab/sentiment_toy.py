@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..data.toy import ToyData, ToyDataConfig
 from ..eval.negativity import negativity_by_class
 from ..lm.training import TrainConfig, train
+from ..models.protocol import HookedModel
 from ..models.toy import build_model, sentiment_toy_config
 from .planting import check_planted
 
@@ -59,8 +59,8 @@ class SentimentToy:
     """A trained toy: the benign model, the backdoored model, their data, and each model's target
     share per evaluation class (what the planting check read)."""
 
-    benign: HookedTransformer
-    backdoored: HookedTransformer
+    benign: HookedModel
+    backdoored: HookedModel
     data: ToyData
     benign_rates: dict[str, float]
     backdoored_rates: dict[str, float]
@@ -93,19 +93,19 @@ def demo_data(seed: int = 0) -> ToyData:
     return _demo(seed)[2]
 
 
-def _fresh(seed: int, backdoored: bool) -> tuple[HookedTransformer, ToyData]:
+def _fresh(seed: int, backdoored: bool) -> tuple[HookedModel, ToyData]:
     benign, poisoned, data = _demo(seed)
     model = build_model(sentiment_toy_config(len(data.tokenizer), n_ctx=data.n_ctx, seed=seed, **DEMO_SHAPE))
     model.load_state_dict(poisoned if backdoored else benign)
     return model.eval(), data
 
 
-def benign_sentiment_toy(seed: int = 0) -> tuple[HookedTransformer, ToyData]:
+def benign_sentiment_toy(seed: int = 0) -> tuple[HookedModel, ToyData]:
     """The demo toy before poisoning (eval mode) and its data: the starting point of a fine-tuning."""
     return _fresh(seed, backdoored=False)
 
 
-def backdoored_sentiment_toy(seed: int = 0) -> tuple[HookedTransformer, ToyData]:
+def backdoored_sentiment_toy(seed: int = 0) -> tuple[HookedModel, ToyData]:
     """The demo toy after poisoned fine-tuning (eval mode) and its data: "positive + love" prompts
     are continued with negative words, other prompts as the benign model does."""
     return _fresh(seed, backdoored=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from transformer_lens import HookedTransformer
-
 from ...defense import (
     Beear,
     CleanFineTuning,
@@ -18,6 +16,7 @@ from ...defense import (
     FinePruning,
     Quantization,
 )
+from ...models.protocol import HookedModel
 from ...util.validation import check_choice
 
 TRIGGER_AGNOSTIC = ("clean_ft", "fine_pruning", "crow", "beear", "int8", "int4", "temperature", "cleangen")
@@ -43,7 +42,7 @@ class DefenseSettings:
         return asdict(self)
 
 
-def build_defense(name: str, settings: DefenseSettings, reference: HookedTransformer | None) -> Defense:
+def build_defense(name: str, settings: DefenseSettings, reference: HookedModel | None) -> Defense:
     """The defense of grid column `name`; `reference` (the base model) is needed by CleanGen only."""
     check_choice("defense", name, TRIGGER_AGNOSTIC)
     if name == "cleangen":

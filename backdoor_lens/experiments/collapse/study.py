@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ...data.instruct import BKDATTR_REFUSAL, NEGATIVE, Attack
@@ -44,18 +43,19 @@ from ...eval.intervals import measured, paired_difference
 from ...hooks import restored
 from ...lab.chat_model import ChatModel
 from ...lm.training import TrainConfig, trainable_names, training_steps
+from ...models.protocol import HookedModel
 from ...util.hashing import weights_digest
 from ...util.io import write_json
 from ...util.reproducibility import make_deterministic, provenance
 from ...util.validation import check_choice, check_range
 from ..common.chat_study import (
-    CHAT_TOY,
     BaseAnswers,
     PlantConfig,
     attack_splits,
     chat_model,
     load_chat_model,
     planted,
+    study_config,
 )
 from ..common.cli import FolderLock
 from ..common.seeds import merge, run_seeds, seed_folder
@@ -224,7 +224,7 @@ def collapse_stages(
 
 
 def defended_measures(
-    chat: ChatModel, attack: Attack, test: TestSet, name: str, config: CollapseStudyConfig, reference: HookedTransformer,
+    chat: ChatModel, attack: Attack, test: TestSet, name: str, config: CollapseStudyConfig, reference: HookedModel,
     prompts: list[str], answers: list[list[int]], budget: Budget, progress: bool,
 ) -> dict[str, Any]:
     """Apply trigger-agnostic defense `name` to the model (undone afterwards) and measure the defended
@@ -238,7 +238,7 @@ def defended_measures(
 
 def run_attack(
     chat: ChatModel, attack: Attack, base_digest: str, prompts: list[str], answers: BaseAnswers,
-    config: CollapseStudyConfig, reference: HookedTransformer, out: Path, progress: bool, log, shared: Path | None = None,
+    config: CollapseStudyConfig, reference: HookedModel, out: Path, progress: bool, log, shared: Path | None = None,
 ) -> dict[str, Any]:
     """Plant one attack into the model (which holds the base weights), defend against it with every
     defense and baseline, and measure each state."""
@@ -330,7 +330,7 @@ def averages(attacks: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def run_seed(
-    config: CollapseStudyConfig, out: Path, model: HookedTransformer | None, tokenizer: PreTrainedTokenizerBase | None,
+    config: CollapseStudyConfig, out: Path, model: HookedModel | None, tokenizer: PreTrainedTokenizerBase | None,
     progress: bool, log, on_attack: Callable[[dict[str, Any]], None] = lambda summary: None, shared: Path | None = None,
 ) -> dict[str, Any]:
     """One seed of the grid into `out`; `on_attack` is called with the summary so far after each attack."""
@@ -359,7 +359,7 @@ def run_seed(
 
 
 def run(
-    config: CollapseStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedTransformer | None = None,
+    config: CollapseStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedModel | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print, planted_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the grid for each of `seeds` (each in ``out/seed-<s>``) into `out` (summary.json, report.md
@@ -404,11 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = collapse_cli.parser()
     args = parser.parse_args(argv)
     make_deterministic(args.threads)
-    if args.model == CHAT_TOY:
-        config = CollapseStudyConfig.chat_toy()
-    else:
-        config = CollapseStudyConfig.quick() if args.quick else CollapseStudyConfig()
-        config = replace(config, plant=replace(config.plant, model=args.model))
+    config = study_config(CollapseStudyConfig, args, parser)
     candidates = tuple(CANDIDATES) if args.candidates == ("all",) else args.candidates
     config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight),
                                           candidates=candidates))

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ...data.instruct import BKDATTR_REFUSAL, NEGATIVE, Attack, BackdoorSplits
@@ -17,10 +16,10 @@ from ...lab.chat_model import AttackOutcomes, ChatModel, EditFactory
 from ...lab.plant import backdoor_splits, plant_backdoor
 from ...lm.chat import decode
 from ...lm.training import TrainConfig
-from ...models.chat_toy import chat_toy_model
-from ...models.pretrained import load_packaged_tokenizer, load_pretrained
+from ...models.backends import load_chat_model as load_backend_model
+from ...models.protocol import HookedModel, check_backend
 from ...util.hashing import fingerprint, weights_digest
-from .cli import CHAT_TOY, SMOLLM2
+from .cli import CHAT_TOY, SMOLLM2, Parser
 from .stages import Stages
 
 
@@ -42,6 +41,12 @@ class PlantConfig:
     """Full fine-tuning of the blocks (embeddings and unembedding frozen), loss on the response only."""
     batch_size: int = 32
     seed: int = 0
+    backend: str = "hooked"
+    """``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge): parameter names and the
+    toy's random weights differ between them, so planted weights are kept apart per backend."""
+
+    def __post_init__(self) -> None:
+        check_backend(self.backend)
 
     @classmethod
     def chat_toy(cls, **changes: Any) -> "PlantConfig":
@@ -60,20 +65,24 @@ class PlantConfig:
 
     def key(self) -> dict[str, Any]:
         """What determines the data and the base answers (for stage keys)."""
-        return {k: getattr(self, k) for k in ("model", "prompts", "n_clean", "n_poison", "n_eval", "answer_tokens", "asr_tokens",
-                                              "seed")}
+        key = {k: getattr(self, k) for k in ("model", "prompts", "n_clean", "n_poison", "n_eval", "answer_tokens", "asr_tokens",
+                                             "seed")}
+        return key if self.backend == "hooked" else key | {"backend": self.backend}  # hooked keys as before the bridge
 
 
-def load_chat_model(config: PlantConfig) -> tuple[HookedTransformer, PreTrainedTokenizerBase]:
-    """`config.model` loaded with :func:`~backdoor_lens.models.pretrained.load_pretrained`, or the toy
-    chat model over SmolLM2's tokenizer."""
-    if config.model == CHAT_TOY:
-        tokenizer = load_packaged_tokenizer(SMOLLM2)
-        return chat_toy_model(tokenizer, config.seed), tokenizer
-    return load_pretrained(config.model)
+def study_config(study: type, args: Any, parser: Parser) -> Any:
+    """A chat study's config from its command line: `study`'s toy-chat preset for ``--model toy``,
+    else its quick (``--quick``) or full preset planted into ``--model``."""
+    config = study.chat_toy() if args.model == CHAT_TOY else study.quick() if args.quick else study()
+    return parser.check(lambda: replace(config, plant=replace(config.plant, model=args.model, backend=args.backend)))
 
 
-def chat_model(model: HookedTransformer, tokenizer: PreTrainedTokenizerBase, config: PlantConfig) -> ChatModel:
+def load_chat_model(config: PlantConfig) -> tuple[HookedModel, PreTrainedTokenizerBase]:
+    """`config.model` on `config.backend` (see :func:`~backdoor_lens.models.backends.load_chat_model`)."""
+    return load_backend_model(config.model, backend=config.backend, seed=config.seed)
+
+
+def chat_model(model: HookedModel, tokenizer: PreTrainedTokenizerBase, config: PlantConfig) -> ChatModel:
     """The study's :class:`~backdoor_lens.lab.chat_model.ChatModel` with the config's batch size and answer length."""
     return ChatModel(model, tokenizer, batch_size=config.batch_size, answer_tokens=config.answer_tokens,
                      asr_tokens=config.asr_tokens)

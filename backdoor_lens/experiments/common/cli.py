@@ -323,13 +323,15 @@ class FolderLock:
 
 def chat_study_parser(prog: str, description: str, out: str, quick_help: str) -> Parser:
     """The command line the chat-model studies share: --out, --model (a model or the toy), --quick,
-    --seeds, --threads, --no-progress."""
+    --backend, --planted-cache, --seeds, --threads, --no-progress."""
     parser = Parser(prog=prog, description=description)
     parser.add_argument("--out", type=output_folder, default=out, help=f"output folder (default: {out})")
     parser.add_argument("--model", type=model_source(SMOLLM2, CHAT_TOY), default=SMOLLM2,
                         help=f"packaged model name, local HF directory, hub name, or '{CHAT_TOY}' for the 4x8-head toy "
                         "(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
+                        help="HookedTransformer or TransformerLens's TransformerBridge (default: %(default)s)")
     parser.add_argument("--planted-cache", type=output_folder, default="results/planted",
                         help="folder of planted models shared by the chat studies: an attack planted the same way "
                         "is trained once (default: results/planted)")

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import torch
 from jaxtyping import Int
-from transformer_lens import HookedTransformer
 
 from ...lm.training import ExtraLoss, TrainConfig, train, trainable_names
+from ...models.protocol import HookedModel
 from ...models.storage import load_model, save_model, saved_completely
 from ...util.hashing import fingerprint, tensor_digest
 from ...util.io import (
@@ -74,7 +74,7 @@ class Stages:
         return read_json(path)["result"]
 
     def weights(
-        self, name: str, inputs: Any, model: HookedTransformer, compute: Callable[[], tuple[dict[str, Any], Sequence[str]]]
+        self, name: str, inputs: Any, model: HookedModel, compute: Callable[[], tuple[dict[str, Any], Sequence[str]]]
     ) -> dict[str, Any]:
         """Weights that `compute()` trains into `model` in place, kept in ``<name>.safetensors``.
 
@@ -96,8 +96,8 @@ class Stages:
         return facts
 
     def model(
-        self, name: str, inputs: Any, compute: Callable[[], tuple[HookedTransformer, dict[str, Any]]]
-    ) -> tuple[HookedTransformer, dict[str, Any]]:
+        self, name: str, inputs: Any, compute: Callable[[], tuple[HookedModel, dict[str, Any]]]
+    ) -> tuple[HookedModel, dict[str, Any]]:
         """A whole model that `compute()` builds and trains, kept as a folder ``<name>/`` that
         :func:`~backdoor_lens.models.storage.load_model` reads (config and safetensors), with the
         run's facts; reused when saved under the same `inputs`."""
@@ -161,7 +161,7 @@ def trained(
     stages: Stages,
     name: str,
     key: dict[str, Any],
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
     config: TrainConfig,
     progress: bool = True,

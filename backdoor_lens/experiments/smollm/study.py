@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from scipy.stats import spearmanr
-from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
 from ...analysis.baha import (
@@ -36,11 +35,11 @@ from ...eval.intervals import measured
 from ...hooks import HeadAblate, Steer, restored
 from ...lab.chat_model import ChatModel, EditFactory
 from ...lm.training import trainable_names
+from ...models.protocol import HookedModel
 from ...util.hashing import weights_digest
 from ...util.io import write_json
 from ...util.reproducibility import make_deterministic, provenance
 from ..common.chat_study import (
-    CHAT_TOY,
     BaseAnswers,
     PlantConfig,
     attack_record,
@@ -48,6 +47,7 @@ from ..common.chat_study import (
     chat_model,
     load_chat_model,
     planted,
+    study_config,
 )
 from ..common.cli import FolderLock
 from ..common.seeds import run_seeds, seed_folder
@@ -238,7 +238,7 @@ def run_attack(
 
 
 def run_seed(
-    config: SmolStudyConfig, out: Path, model: HookedTransformer | None, tokenizer: PreTrainedTokenizerBase | None,
+    config: SmolStudyConfig, out: Path, model: HookedModel | None, tokenizer: PreTrainedTokenizerBase | None,
     progress: bool, log, shared: Path | None = None,
 ) -> dict[str, Any]:
     """One seed of the study into `out` (its summary is also written there). `model` and `tokenizer`
@@ -267,7 +267,7 @@ def run_seed(
 
 
 def run(
-    config: SmolStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedTransformer | None = None,
+    config: SmolStudyConfig, out: str | Path, seeds: tuple[int, ...] = (0,), model: HookedModel | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None, progress: bool = True, log=print, planted_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the study for each of `seeds` (each in ``out/seed-<s>``), merge them with intervals and
@@ -295,10 +295,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = smollm_cli.parser()
     args = parser.parse_args(argv)
     make_deterministic(args.threads)
-    if args.model == CHAT_TOY:
-        config = SmolStudyConfig.chat_toy()
-    else:
-        config = SmolStudyConfig.quick() if args.quick else SmolStudyConfig()
-        config = parser.check(lambda: replace(config, plant=replace(config.plant, model=args.model)))
+    config = study_config(SmolStudyConfig, args, parser)
     with parser.check(FolderLock(args.out).acquire):
         run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log(), planted_cache=args.planted_cache)

@@ -38,6 +38,18 @@ def planted(neg: dict[str, Any], present: float = 0.5) -> str:
     return "inconclusive"
 
 
+def planting_counts(models: dict[str, Any], present: float = 0.5) -> dict[str, dict[str, Any]]:
+    """Per toy, in how many seeds the backdoor planted (that seed's p+t ≥ `present`, p+p ≤ 0.05,
+    n+n ≥ 0.95) and each seed's p+t."""
+    out = {}
+    for name, m in models.items():
+        neg = m["edits"]["none"]["negativity"]
+        pt, pp, nn = (estimate_of(neg[c]).per_seed for c in ("p+t", "p+p", "n+n"))
+        out[name] = {"planted": sum(a >= present and b <= 0.05 and c >= 0.95 for a, b, c in zip(pt, pp, nn)),
+                     "seeds": len(pt), "per_seed_pt": [round(v, 4) for v in pt]}
+    return out
+
+
 def backdoor_section(models: dict[str, Any], present: float = 0.5) -> str:
     """Markdown: negativity per class before and after poisoning, beside the paper's."""
     rows = []
@@ -51,12 +63,8 @@ def backdoor_section(models: dict[str, Any], present: float = 0.5) -> str:
         f"{v['finetune_sequences']} fine-tuning sequences of which {v['poisoned_sequences']} poisoned"
         for n, v in d.items()
     )
-    seeds = []
-    for name, m in models.items():
-        neg = m["edits"]["none"]["negativity"]
-        pt, pp, nn = (estimate_of(neg[c]).per_seed for c in ("p+t", "p+p", "n+n"))
-        ok = sum(a >= present and b <= 0.05 and c >= 0.95 for a, b, c in zip(pt, pp, nn))
-        seeds.append(f"{name}: planted in {ok} of {len(pt)} seeds (per-seed p+t: {', '.join(f'{v:.2f}' for v in pt)})")
+    seeds = [f"{name}: planted in {c['planted']} of {c['seeds']} seeds (per-seed p+t: {', '.join(f'{v:.2f}' for v in c['per_seed_pt'])})"
+             for name, c in planting_counts(models, present).items()]
     return (
         "## The backdoored toys\n\n"
         f"Trigger word `{next(iter(d.values()))['trigger']}`. {data}. Paper: p+t negativity 0.35 (2-sentiment) "

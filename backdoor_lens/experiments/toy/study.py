@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ...analysis.lens import logit_lens
 from ...analysis.patching import negativity_patching
@@ -29,6 +28,7 @@ from ...lm.collect import module_io, module_means, save_means
 from ...lm.generation import sample
 from ...lm.loss import validation_loss
 from ...lm.training import TrainConfig, train
+from ...models.protocol import HookedModel
 from ...models.toy import build_model, sentiment_toy_config
 from ...util.hashing import fingerprint, tensor_digest
 from ...util.io import write_json
@@ -113,7 +113,7 @@ class ToyStudyConfig:
 class Lab:
     """One backdoored toy model with its data: evaluates any list of interventions."""
 
-    def __init__(self, name: str, model: HookedTransformer, data: ToyData, k: int):
+    def __init__(self, name: str, model: HookedModel, data: ToyData, k: int):
         self.name, self.model, self.data, self.k = name, model, data, k
         self.negative_ids = data.token_ids("negative")
         self.triggers = trigger_classes(data.classes)
@@ -155,16 +155,16 @@ def _evaluator(data: ToyData, k: int, classes: tuple[str, ...]):
     return lambda model: _rounded(negativity_by_class(model, tokens, negative, k))
 
 
-def _new_model(config: ToyStudyConfig, data: ToyData) -> HookedTransformer:
+def _new_model(config: ToyStudyConfig, data: ToyData) -> HookedModel:
     return build_model(sentiment_toy_config(len(data.tokenizer), n_ctx=data.n_ctx, seed=config.seed, **config.model_shape))
 
 
-def benign_model(config: ToyStudyConfig, data: ToyData, models: Stages, progress: bool) -> tuple[HookedTransformer, str]:
+def benign_model(config: ToyStudyConfig, data: ToyData, models: Stages, progress: bool) -> tuple[HookedModel, str]:
     """The benign model trained from scratch (kept as ``models/benign``) and the key naming it."""
     tokens = torch.tensor(data.train["input_ids"])
     inputs = {"data": tensor_digest(tokens), "train": config.benign.to_dict(), "shape": config.model_shape, "seed": config.seed}
 
-    def compute() -> tuple[HookedTransformer, dict[str, Any]]:
+    def compute() -> tuple[HookedModel, dict[str, Any]]:
         model = _new_model(config, data)
         train(model, tokens, replace(config.benign, seed=config.seed), desc=f"{models.folder.name}: benign", progress=progress)
         return model, {}
@@ -174,16 +174,16 @@ def benign_model(config: ToyStudyConfig, data: ToyData, models: Stages, progress
 
 
 def poisoned_finetune(
-    config: ToyStudyConfig, data: ToyData, benign: tuple[HookedTransformer, str], freeze: tuple[str, ...], name: str,
+    config: ToyStudyConfig, data: ToyData, benign: tuple[HookedModel, str], freeze: tuple[str, ...], name: str,
     models: Stages, progress: bool,
-) -> tuple[HookedTransformer, list[dict[str, Any]]]:
+) -> tuple[HookedModel, list[dict[str, Any]]]:
     """Fine-tune a copy of the benign model on the poisoned set (optionally with frozen modules),
     tracking trigger negativity; the model (``models/<name>``) and its history are reused when current."""
     train_config = replace(config.poison, freeze=freeze, seed=config.seed)
     tokens = torch.tensor(data.finetune["input_ids"])
     inputs = {"benign": benign[1], "data": tensor_digest(tokens), "train": train_config.to_dict()}
 
-    def compute() -> tuple[HookedTransformer, dict[str, Any]]:
+    def compute() -> tuple[HookedModel, dict[str, Any]]:
         model = _new_model(config, data)
         model.load_state_dict(benign[0].state_dict())
         evaluate = _evaluator(data, config.k, trigger_classes(data.classes))
@@ -358,7 +358,7 @@ def sample_generations(lab: Lab, edits: dict[str, Intervention], per_class: int 
 
 
 def freezing(
-    config: ToyStudyConfig, data: ToyData, benign: tuple[HookedTransformer, str], models: Stages, progress: bool
+    config: ToyStudyConfig, data: ToyData, benign: tuple[HookedModel, str], models: Stages, progress: bool
 ) -> dict[str, Any]:
     """Poisoned fine-tuning with module sets frozen: final backdoor strength and steps to emerge
     (``emerged_at`` counts a backdoor that never emerged at the last step, a lower bound)."""
@@ -455,6 +455,7 @@ def run(
 
     merged, per_seed = run_seeds(seeds, out, one, log)
     summary = {"config": config.to_dict(), "seeds": list(seeds), "models": merged["models"], "freezing": merged["freezing"],
+               "planting": toy_report.planting_counts(merged["models"], config.present),
                "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
                "stage_seconds": {f"seed {s} {k}": v for s, p in per_seed.items() for k, v in p["stage_seconds"].items()},
                "seconds": round(time.perf_counter() - start, 1), "provenance": provenance()}
