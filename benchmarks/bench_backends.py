@@ -168,9 +168,7 @@ def timings(args: argparse.Namespace) -> tuple[dict, dict]:
     setup = {"model": args.model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
              "n_prompts": len(clean), "tokens": list(clean.tokens.shape), "threads": args.threads,
              "repeats": args.repeats, "load_and_convert_seconds": load_seconds, "device": str(cfg.device)}
-    # the toy's backends draw their random weights differently; a pretrained model's are the same
-    agreement = None if args.model == CHAT_TOY else {
-        r: float((outputs[(r, "hooked")] - outputs[(r, "bridge")]).abs().max()) for r in args.routes}
+    agreement = {r: float((outputs[(r, "hooked")] - outputs[(r, "bridge")]).abs().max()) for r in args.routes}
     return {key: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)} for key, t in times.items()}, {
         **setup, "max_abs_diff_hooked_vs_bridge": agreement}
 

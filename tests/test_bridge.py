@@ -240,6 +240,10 @@ def test_chat_toy_on_the_bridge_has_the_hooked_architecture():
     assert cfg.d_vocab == len(tokenizer) and cfg.normalization_type == "RMS" and cfg.positional_embedding_type == "rotary"
     again, _ = load_chat_model("toy", backend="bridge", seed=1)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    hooked, _ = load_chat_model("toy", backend="hooked", seed=1)  # the same weights: one base model on both backends
+    tokens = torch.tensor([[1, 520, 3172, 30, 2, 7, 99]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hooked(tokens), atol=1e-4, rtol=0)
     (reply,) = generate(model, encode_prompts(tokenizer, ["Hello?"]), max_new_tokens=4, stop_at_eos=False)
     assert len(reply) == 4
     with pytest.raises(ValueError, match="adapter apply to pretrained models"):

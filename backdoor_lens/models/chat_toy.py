@@ -1,10 +1,11 @@
 """A toy chat model: a small random Llama-architecture model over a real chat tokenizer, so chat
-backdoors can be planted and analysed in minutes on a CPU. The same architecture on both backends:
-a HookedTransformer built from its config, or a Hugging Face ``LlamaForCausalLM`` booted as a
-TransformerBridge (random weights either way, drawn differently by each library)."""
+backdoors can be planted and analysed in minutes on a CPU. The same model on both backends: a
+HookedTransformer built from its config, or a Hugging Face ``LlamaForCausalLM`` holding the very same
+weights, booted as a TransformerBridge (so a study's two backends start from one base model)."""
 
 from __future__ import annotations
 
+import einops
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
@@ -46,7 +47,26 @@ def _bridge(tokenizer: PreTrainedTokenizerBase, seed: int) -> HookedModel:
         max_position_embeddings=SHAPE["n_ctx"], rms_norm_eps=EPS, rope_theta=ROTARY_BASE, tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    weights = _llama_weights(_hooked(tokenizer, seed))
+    with torch.random.fork_rng(devices=[]):  # the global random state as after the hooked toy
         hf_model = LlamaForCausalLM(config)
+    hf_model.load_state_dict(weights)
     return to_bridge(hf_model, tokenizer, name="chat-toy", device="cpu")
+
+
+def _llama_weights(hooked: HookedModel) -> dict[str, torch.Tensor]:
+    """The hooked toy's weights in ``LlamaForCausalLM``'s names and layouts (its biases are zero at
+    initialisation, and Llama has none)."""
+    out = {"model.embed_tokens.weight": hooked.embed.W_E, "model.norm.weight": hooked.ln_final.w,
+           "lm_head.weight": hooked.unembed.W_U.T}
+    for layer, block in enumerate(hooked.blocks):
+        prefix = f"model.layers.{layer}."
+        heads_in = lambda w: einops.rearrange(w, "h m d -> (h d) m")  # noqa: E731
+        out |= {prefix + "input_layernorm.weight": block.ln1.w, prefix + "post_attention_layernorm.weight": block.ln2.w,
+                prefix + "self_attn.q_proj.weight": heads_in(block.attn.W_Q),
+                prefix + "self_attn.k_proj.weight": heads_in(block.attn._W_K),
+                prefix + "self_attn.v_proj.weight": heads_in(block.attn._W_V),
+                prefix + "self_attn.o_proj.weight": einops.rearrange(block.attn.W_O, "h d m -> m (h d)"),
+                prefix + "mlp.gate_proj.weight": block.mlp.W_gate.T, prefix + "mlp.up_proj.weight": block.mlp.W_in.T,
+                prefix + "mlp.down_proj.weight": block.mlp.W_out.T}
+    return {name: w.detach().clone().contiguous() for name, w in out.items()}

@@ -42,8 +42,8 @@ class PlantConfig:
     batch_size: int = 32
     seed: int = 0
     backend: str = "hooked"
-    """``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge): parameter names and the
-    toy's random weights differ between them, so planted weights are kept apart per backend."""
+    """``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge): their parameter names
+    differ (the toy starts from the same weights on both), so planted weights are kept apart per backend."""
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
