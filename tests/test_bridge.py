@@ -12,6 +12,7 @@ import torch
 from test_pretrained import TOKENS, VOCAB, save_hf, tiny_gpt2, tiny_llama, word_tokenizer
 from transformers import AutoModelForCausalLM
 
+from backdoor_lens.defense.cleangen import cleangen_generate
 from backdoor_lens.hooks import EmbeddingSurgery, HeadAblate, MeanAblate, Patch, Steer, ZeroAblate, apply, restored
 from backdoor_lens.lm.chat import encode_prompts
 from backdoor_lens.lm.collect import collect_activations, module_io, module_means
@@ -248,3 +249,15 @@ def test_chat_toy_on_the_bridge_has_the_hooked_architecture():
     assert len(reply) == 4
     with pytest.raises(ValueError, match="adapter apply to pretrained models"):
         load_chat_model("toy", backend="bridge", adapter="x")
+
+
+def test_cleangen_decodes_alike_on_both_backends():
+    """CleanGen runs the suspect and the reference model through the shared key/value cache, so it
+    works on the bridge; the toy holds the same weights on both backends, so the replies agree."""
+    prompts = [[1, 520, 3172, 30], [1, 99, 7]]
+    replies = {}
+    for backend in ("hooked", "bridge"):
+        suspect, tokenizer = load_chat_model("toy", backend=backend, seed=1)
+        reference, _ = load_chat_model("toy", backend=backend, seed=2)
+        replies[backend] = cleangen_generate(suspect, reference, prompts, 6, alpha=1.5, eos_token_id=tokenizer.eos_token_id)
+    assert replies["hooked"] == replies["bridge"] and replies["hooked"][1] > 0  # some tokens were replaced

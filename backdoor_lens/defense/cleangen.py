@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import PreTrainedTokenizerBase
 
+from ..lm.kv_cache import KVCache
 from ..lm.rows import left_pad
 from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
@@ -71,9 +71,8 @@ def cleangen_generate(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         tokens, mask = left_pad([prompt_ids[i] for i in rows])
-        caches = [TransformerLensKeyValueCache.init_cache(m.cfg, m.cfg.device, len(rows)) for m in models]
-        logits = [m(tokens.to(m.cfg.device), attention_mask=mask.to(m.cfg.device), past_kv_cache=c)[:, -1]
-                  for m, c in zip(models, caches)]
+        caches = [KVCache(m, len(rows)) for m in models]
+        logits = [c.forward(tokens, attention_mask=mask)[:, -1] for c in caches]
         finished = [False] * len(rows)
         for step in range(max_new_tokens):
             chosen, suspicious = cleangen_choice(logits[0], logits[1], alpha)
@@ -84,8 +83,7 @@ def cleangen_generate(
                     finished[i] = token == eos_token_id
             if all(finished) or step == max_new_tokens - 1:
                 break
-            logits = [m(chosen[:, None].to(m.cfg.device), attention_mask=torch.ones(len(rows), 1, dtype=torch.long,
-                        device=m.cfg.device), past_kv_cache=c)[:, -1] for m, c in zip(models, caches)]
+            logits = [c.forward(chosen[:, None])[:, -1] for c in caches]
     return outputs, replaced
 
 
