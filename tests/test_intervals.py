@@ -95,7 +95,8 @@ def test_a_paired_difference_resolves_what_two_overlapping_intervals_cannot():
     assert compare(estimate(after), estimate(before)) == "inconclusive"
     drop = paired_difference(after, before)
     assert drop.value < 0 and sign_verdict(drop) == "lower"
-    assert sign_verdict(paired_difference(before, before)) == "inconclusive"
+    same = paired_difference(before, before)
+    assert sign_verdict(same) == "inconclusive" and (same.value, same.low, same.high) == (0, 0, 0)
     mixed = paired_difference([[1, 0] * 20], [[0, 1] * 20])  # as many flips each way: no change shown
     assert mixed.value == 0 and sign_verdict(mixed) == "inconclusive"
     with pytest.raises(ValueError, match="same prompts per seed"):

@@ -86,14 +86,15 @@ def _check_groups(outcomes: Sequence[Sequence[float]]) -> list[np.ndarray]:
     return groups
 
 
-def estimate(outcomes: Sequence[Sequence[float]], seed: int = 0) -> Estimate:
+def estimate(outcomes: Sequence[Sequence[float]], seed: int = 0, rate: bool = True) -> Estimate:
     """The mean of per-prompt `outcomes` (one list per seed) with its 95% interval: Wilson for one
-    seed of 0/1 outcomes, else a bootstrap over seeds and prompts (seeded, so reproducible)."""
+    seed of 0/1 outcomes (when `rate`: they count successes), else a bootstrap over seeds and prompts
+    (seeded, so reproducible)."""
     groups = _check_groups(outcomes)
     means = [float(g.mean()) for g in groups]
     value = float(np.mean(means))
     n = sum(len(g) for g in groups)
-    binary = all(np.isin(g, (0.0, 1.0)).all() for g in groups)
+    binary = rate and all(np.isin(g, (0.0, 1.0)).all() for g in groups)
     uniform = all(np.ptp(g) == 0 for g in groups) and np.ptp(means) == 0
     if binary and (len(groups) == 1 or uniform):  # a bootstrap of identical 0/1 outcomes has no spread
         low, high = wilson(int(sum(g.sum() for g in groups)), n)
@@ -113,10 +114,11 @@ def estimate(outcomes: Sequence[Sequence[float]], seed: int = 0) -> Estimate:
 def paired_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> Estimate:
     """The mean of `a` minus `b` over prompts measured under both (per seed, the same prompts in the
     same order) with its interval: a paired comparison, so the prompts' own difficulty cancels and a
-    smaller change is resolved than by comparing two intervals."""
+    smaller change is resolved than by comparing two intervals. The differences are not a rate, so
+    no Wilson interval: identical outcomes give exactly 0."""
     if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
         raise ValueError(f"a and b must hold the same prompts per seed; got sizes {[len(x) for x in a]} and {[len(y) for y in b]}")
-    return estimate([np.subtract(x, y) for x, y in zip(a, b)])
+    return estimate([np.subtract(x, y) for x, y in zip(a, b)], rate=False)
 
 
 def sign_verdict(difference: Estimate) -> str:
