@@ -241,10 +241,11 @@ def test_chat_toy_on_the_bridge_has_the_hooked_architecture():
     assert cfg.d_vocab == len(tokenizer) and cfg.normalization_type == "RMS" and cfg.positional_embedding_type == "rotary"
     again, _ = load_chat_model("toy", backend="bridge", seed=1)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-    hooked, _ = load_chat_model("toy", backend="hooked", seed=1)  # the same weights: one base model on both backends
-    tokens = torch.tensor([[1, 520, 3172, 30, 2, 7, 99]])
-    with torch.no_grad():
-        torch.testing.assert_close(model(tokens), hooked(tokens), atol=1e-4, rtol=0)
+    if protocol.HookedTransformer is not None:  # the same weights: one base model on both backends
+        hooked, _ = load_chat_model("toy", backend="hooked", seed=1)
+        tokens = torch.tensor([[1, 520, 3172, 30, 2, 7, 99]])
+        with torch.no_grad():
+            torch.testing.assert_close(model(tokens), hooked(tokens), atol=1e-4, rtol=0)
     (reply,) = generate(model, encode_prompts(tokenizer, ["Hello?"]), max_new_tokens=4, stop_at_eos=False)
     assert len(reply) == 4
     with pytest.raises(ValueError, match="adapter apply to pretrained models"):
@@ -256,8 +257,8 @@ def test_cleangen_decodes_alike_on_both_backends():
     works on the bridge; the toy holds the same weights on both backends, so the replies agree."""
     prompts = [[1, 520, 3172, 30], [1, 99, 7]]
     replies = {}
-    for backend in ("hooked", "bridge"):
+    for backend in ("hooked", "bridge") if protocol.HookedTransformer is not None else ("bridge",):
         suspect, tokenizer = load_chat_model("toy", backend=backend, seed=1)
         reference, _ = load_chat_model("toy", backend=backend, seed=2)
         replies[backend] = cleangen_generate(suspect, reference, prompts, 6, alpha=1.5, eos_token_id=tokenizer.eos_token_id)
-    assert replies["hooked"] == replies["bridge"] and replies["hooked"][1] > 0  # some tokens were replaced
+    assert replies.get("hooked", replies["bridge"]) == replies["bridge"] and replies["bridge"][1] > 0  # some replaced

@@ -1,7 +1,8 @@
 """A toy chat model: a small random Llama-architecture model over a real chat tokenizer, so chat
 backdoors can be planted and analysed in minutes on a CPU. The same model on both backends: a
 HookedTransformer built from its config, or a Hugging Face ``LlamaForCausalLM`` holding the very same
-weights, booted as a TransformerBridge (so a study's two backends start from one base model)."""
+weights, booted as a TransformerBridge (so a study's two backends start from one base model). Under
+TransformerLens 4, which has no HookedTransformer, the bridge toy keeps Hugging Face's random weights."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from .bridge import to_bridge
-from .protocol import HookedModel, check_backend, hooked_classes
+from .protocol import HookedModel, HookedTransformer, check_backend, hooked_classes
 
 SHAPE = {"n_layers": 4, "n_heads": 8, "n_key_value_heads": 4, "d_model": 128, "d_head": 16, "d_mlp": 256, "n_ctx": 512}
 """The toy's architecture: 4 layers x 8 heads sharing 4 key/value heads, d_model 128, MLP 256, 512 positions."""
@@ -47,10 +48,11 @@ def _bridge(tokenizer: PreTrainedTokenizerBase, seed: int) -> HookedModel:
         max_position_embeddings=SHAPE["n_ctx"], rms_norm_eps=EPS, rope_theta=ROTARY_BASE, tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    weights = _llama_weights(_hooked(tokenizer, seed))
     with torch.random.fork_rng(devices=[]):  # the global random state as after the hooked toy
+        torch.manual_seed(seed)
         hf_model = LlamaForCausalLM(config)
-    hf_model.load_state_dict(weights)
+    if HookedTransformer is not None:  # TransformerLens 4 has no hooked toy: Hugging Face's own random weights
+        hf_model.load_state_dict(_llama_weights(_hooked(tokenizer, seed)))
     return to_bridge(hf_model, tokenizer, name="chat-toy", device="cpu")
 
 
