@@ -353,7 +353,8 @@ def tune_scales(
             held = [t for t in trials if t.number not in released]
             done = sum(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in held)
             bar.update(min(done, config.n_trials) - bar.n)
-            if done >= config.n_trials:
+            pending = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in held)
+            if done >= config.n_trials and not pending:  # a stale trial may show FAIL before its retry exists
                 break
             waiting = any(t.state == TrialState.WAITING for t in held)
             if len(held) >= config.n_trials and not waiting:
