@@ -1,15 +1,15 @@
-"""Removing a backdoor without its trigger. Every defense has one shape (:class:`Defense`: the
+"""Removing a backdoor without its trigger. Every defense has one shape (:class:`~backdoor_lens.defense.base.Defense`: the
 suspect model, its tokenizer, the defender's clean prompts and the model's own answers, and a shared
-training :class:`Budget`, in; a :class:`DefendedModel` with the model to measure and the
-:class:`Decoder` to generate with, out), so a grid runs them side by side:
+training :class:`~backdoor_lens.defense.base.Budget`, in; a :class:`~backdoor_lens.defense.base.DefendedModel` with the model to measure and the
+:class:`~backdoor_lens.lm.decoding.Decoder` to generate with, out), so a grid runs them side by side:
 
-- training: :class:`CleanFineTuning`, :class:`FinePruning` (arXiv 1805.12185), :class:`Crow`
-  (arXiv 2411.12768), :class:`Beear` (arXiv 2406.17092), :class:`BackdoorCollapse`;
-- weights only: :class:`Quantization` (INT8 / INT4, simulated);
-- decoding: :class:`DecodingTemperature`, :class:`CleanGen` (arXiv 2406.12257).
+- training: :class:`~backdoor_lens.defense.fine_tuning.CleanFineTuning`, :class:`~backdoor_lens.defense.fine_pruning.FinePruning` (arXiv 1805.12185), :class:`~backdoor_lens.defense.crow.Crow`
+  (arXiv 2411.12768), :class:`~backdoor_lens.defense.beear.Beear` (arXiv 2406.17092), :class:`~backdoor_lens.defense.collapse_defense.BackdoorCollapse`;
+- weights only: :class:`~backdoor_lens.defense.quantization.Quantization` (INT8 / INT4, simulated);
+- decoding: :class:`~backdoor_lens.defense.temperature.DecodingTemperature`, :class:`~backdoor_lens.defense.cleangen.CleanGen` (arXiv 2406.12257).
 
 Backdoor Collapse itself (known-trigger injection, then recovery) and the evidence that an unknown
-trigger aggregates with the known ones live in :mod:`.backdoor_collapse` and :mod:`.aggregation`.
+trigger aggregates with the known ones live in :mod:`~backdoor_lens.defense.backdoor_collapse` and :mod:`~backdoor_lens.defense.aggregation`.
 """
 
 from .aggregation import aggregation_evidence, shared_projection

@@ -170,7 +170,7 @@ class CollapseStudyConfig:
         return self.improved or improved_collapse(self.defense)
 
     def with_seed(self, seed: int) -> "CollapseStudyConfig":
-        """The same grid drawn with `seed` (see :meth:`PlantConfig.with_seed`); the defenses' seeds follow."""
+        """The same grid drawn with `seed` (see :meth:`~backdoor_lens.experiments.common.chat_study.PlantConfig.with_seed`); the defenses' seeds follow."""
         return replace(self, plant=self.plant.with_seed(seed), defense=replace(self.defense, seed=seed),
                        improved=None if self.improved is None else replace(self.improved, seed=seed))
 

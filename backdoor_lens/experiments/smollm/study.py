@@ -91,7 +91,7 @@ class SmolStudyConfig:
         return cls(plant=PlantConfig.chat_toy(), vector_layers=(0, 1, 2, 3), n_analysed=None)
 
     def with_seed(self, seed: int) -> "SmolStudyConfig":
-        """The same study drawn with `seed` (see :meth:`PlantConfig.with_seed`)."""
+        """The same study drawn with `seed` (see :meth:`~backdoor_lens.experiments.common.chat_study.PlantConfig.with_seed`)."""
         return replace(self, plant=self.plant.with_seed(seed))
 
     def to_dict(self) -> dict[str, Any]:
