@@ -58,7 +58,7 @@ from ..util.validation import check_range
 
 Objective = Callable[[Float[torch.Tensor, " rank"]], float]
 MAX_RETRIES = 3
-_WORKER, _SLOT, _ROUND, _SKIPPED = "worker", "slot", "round", "skipped"
+_WORKER, _SLOT, _ROUND, _SKIPPED, _OBJECTIVE_FAILED = "worker", "slot", "round", "skipped", "objective_failed"
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,16 @@ def _released(trials: Sequence[FrozenTrial]) -> set[int]:
     objective failed keeps its slot."""
     skipped = {t.number for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(_SKIPPED)}
     return _retried(trials) | skipped
+
+
+def _slot_done(trial: FrozenTrial) -> bool:
+    """Whether a held trial settles its slot: complete, or failed in its objective (an error or a
+    non-finite value), or stale with no retries left. A stale trial can show FAIL before its retry
+    exists, so it alone does not settle the slot."""
+    if trial.state == TrialState.COMPLETE:
+        return True
+    return trial.state == TrialState.FAIL and (
+        bool(trial.user_attrs.get(_OBJECTIVE_FAILED)) or len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRIES)
 
 
 def _duplicates(trials: Sequence[FrozenTrial]) -> int:
@@ -340,10 +350,18 @@ def tune_scales(
         if trial.user_attrs.get(_SKIPPED):  # a retry: not skipped itself
             trial.set_user_attr(_SKIPPED, None)
         try:
-            return run_trial(trial)
+            value = run_trial(trial)
         except KeyboardInterrupt:
             trial.set_user_attr(_SKIPPED, "interrupted")  # retried when the study resumes
             raise
+        except _Skipped:
+            raise
+        except Exception:
+            trial.set_user_attr(_OBJECTIVE_FAILED, True)
+            raise
+        if not math.isfinite(value):
+            trial.set_user_attr(_OBJECTIVE_FAILED, True)
+        return value
 
     with tqdm(total=config.n_trials, desc=study_name[:40], disable=not progress, leave=False) as bar:
         while True:
@@ -351,10 +369,9 @@ def tune_scales(
             trials = study.get_trials(deepcopy=False)
             released = _released(trials)
             held = [t for t in trials if t.number not in released]
-            done = sum(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in held)
+            done = sum(_slot_done(t) for t in held)
             bar.update(min(done, config.n_trials) - bar.n)
-            pending = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in held)
-            if done >= config.n_trials and not pending:  # a stale trial may show FAIL before its retry exists
+            if done >= config.n_trials:
                 break
             waiting = any(t.state == TrialState.WAITING for t in held)
             if len(held) >= config.n_trials and not waiting:
