@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +64,7 @@ from backdoor_lens.models.bridge import to_bridge  # noqa: E402
 from backdoor_lens.models.pretrained import load_hf_model, to_hooked_transformer  # noqa: E402
 from backdoor_lens.util.io import write_json  # noqa: E402
 from backdoor_lens.util.reproducibility import provenance  # noqa: E402
+from resident_memory import peak_during, rss  # noqa: E402  (beside this script)
 
 
 def batches(tokenizer, n_prompts: int) -> tuple[TargetBatch, TargetBatch]:
@@ -106,32 +106,6 @@ def route(name: str, model, clean: TargetBatch, mu: torch.Tensor) -> Callable[[]
 
         return forward
     return lambda: baha_scores(model, clean, mu, method=name)
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_during(fn: Callable[[], object]) -> int:
-    """The largest resident set while `fn` runs, sampled every millisecond (torch's CPU allocations
-    are invisible to tracemalloc)."""
-    peak, running = rss(), True
-
-    def sample() -> None:
-        nonlocal peak
-        while running:
-            peak = max(peak, rss())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        fn()
-    finally:
-        running = False
-        thread.join()
-    return max(peak, rss())
 
 
 def memory_of(args: argparse.Namespace) -> None:

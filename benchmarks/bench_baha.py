@@ -85,6 +85,7 @@ from backdoor_lens.lm.rows import TargetBatch  # noqa: E402
 from backdoor_lens.models.pretrained import load_pretrained  # noqa: E402
 from backdoor_lens.util.io import write_json  # noqa: E402
 from backdoor_lens.util.reproducibility import provenance  # noqa: E402
+from resident_memory import peak_during, rss  # noqa: E402  (beside this script)
 
 ROUTES = ("reference loop (ours)", "transformer_lens.patching", "fast exact (ours)", "attribution (ours)")
 
@@ -190,12 +191,6 @@ def timed(routes: dict[str, Callable[[], torch.Tensor]], repeats: int, device: s
             for name, t in times.items()}
 
 
-def rss_mib() -> float:
-    """This process's resident set now, in MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def peak_memory(case: dict, route: str, threads: int) -> float:
     """Peak memory of one route above its process's memory after setup, in MiB: the route runs once in
     a fresh subprocess (peak RSS on CPU, the allocator's peak on CUDA)."""
@@ -207,8 +202,6 @@ def peak_memory(case: dict, route: str, threads: int) -> float:
 def memory_child(spec: str) -> None:
     """In the subprocess: build the case, run the route once, print its peak above the memory after
     setup (MiB; on CPU the resident set, sampled every millisecond while the route runs)."""
-    import threading
-
     spec = json.loads(spec)
     case = spec["case"]
     model, clean, triggered = build_case(case)
@@ -221,21 +214,8 @@ def memory_child(spec: str) -> None:
         torch.cuda.synchronize()
         print((torch.cuda.max_memory_allocated() - start) / 2**20)
         return
-    start = peak = rss_mib()
-    running = True
-
-    def sample() -> None:
-        nonlocal peak
-        while running:
-            peak = max(peak, rss_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    fn()
-    running = False
-    sampler.join()
-    print(max(peak, rss_mib()) - start)
+    start = rss()
+    print((peak_during(fn) - start) / 2**20)
 
 
 def run_case(case: dict, repeats: int, threads: int, memory: bool = True) -> dict:
