@@ -83,11 +83,16 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
         assert heading in report
     assert (tmp_path / "aggregation.png").stat().st_size > 0 and (tmp_path / "pareto.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text())["average"] == summary["average"]
+    compute = summary["compute"]  # every stage's compute time, by grid column
+    assert {"plant", "backdoored", "defender_answers", "collapse", "clean_ft", "cleangen", "baha_heads"} <= set(compute["groups"])
+    assert compute["untimed_stages"] == 0 and compute["total"] == pytest.approx(sum(compute["groups"].values()), abs=0.1)
+    assert "## Where the time goes" in report
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # base weights restored
 
     resumed = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
     assert resumed["attacks"] == summary["attacks"] or all(
         resumed["attacks"][n]["measures"] == summary["attacks"][n]["measures"] for n in summary["attacks"])
+    assert resumed["compute"] == summary["compute"]  # a resumed run reports what the stages cost when computed
     seed_summary = json.loads((tmp_path / "seed-0" / "summary.json").read_text())
     for attack in seed_summary["attacks"].values():
         assert {"backdoored", "backdoored_measures", "collapse_stage1", "collapse_measures", "clean_ft_measures",

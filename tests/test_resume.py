@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -22,8 +23,10 @@ import torch
 from backdoor_lens.analysis.tune import TuneConfig, tune_scales
 from backdoor_lens.experiments.common.seeds import comparable
 from backdoor_lens.experiments.common.stages import Stages
+from backdoor_lens.experiments.common.timing import compute_profile
 from backdoor_lens.models.storage import save_model
 from backdoor_lens.models.toy import build_model, sentiment_toy_config
+from backdoor_lens.util.hashing import fingerprint
 from backdoor_lens.util.io import save_tensors, sweep_temporary_files, write_json
 
 THREADS = 1
@@ -317,3 +320,25 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for path in (tmp_path / "a.json", tmp_path / "b.safetensors", tmp_path / "m" / "model.safetensors"):
         assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_stages_keep_their_compute_seconds_across_a_resume(tmp_path):
+    model = tiny_model()
+
+    def slow(value):
+        time.sleep(0.05)
+        return value
+
+    first = Stages(tmp_path, lambda m: None)
+    first.run("measure", {"k": 1}, lambda: slow(1))
+    first.weights("tuned", {"k": 1}, model, lambda: (slow({"n": 1}), ["embed.W_E"]))
+    first.model("whole", {"k": 1}, lambda: (model, slow({"n": 1})))
+    assert set(first.seconds) == {"measure", "tuned", "whole"} and all(s >= 0.05 for s in first.seconds.values())
+    resumed = Stages(tmp_path, lambda m: None)
+    resumed.run("measure", {"k": 1}, lambda: slow(2))
+    resumed.weights("tuned", {"k": 1}, model, lambda: (slow({"n": 2}), ["embed.W_E"]))
+    resumed.model("whole", {"k": 1}, lambda: (model, slow({"n": 2})))
+    assert resumed.skipped == ["measure", "tuned", "whole"] and resumed.seconds == first.seconds
+    (tmp_path / "old.json").write_text(json.dumps({"key": fingerprint({"k": 1}), "result": 3}))  # saved before timing
+    assert resumed.run("old", {"k": 1}, lambda: 4) == 3 and resumed.seconds["old"] is None
+    assert compute_profile([resumed.seconds], lambda name: "all")["untimed_stages"] == 1

@@ -1,6 +1,7 @@
 """Render the defense grid's summary as report.md, pareto.png and aggregation.png: ASR per attack and
 defense with intervals, the clean cost of each defense, the Pareto front of the two, the papers'
-numbers beside ours, what Backdoor Collapse's stages do and the aggregation evidence."""
+numbers beside ours, what Backdoor Collapse's stages do, the aggregation evidence and where the compute
+time goes."""
 
 from __future__ import annotations
 
@@ -192,6 +193,27 @@ def stage_section(summary: dict[str, Any]) -> str:
     ])
 
 
+def cost_section(summary: dict[str, Any]) -> str:
+    """Where the grid's compute time goes: seconds per column, summed over attacks and seeds."""
+    compute = summary.get("compute")
+    if not compute or not compute["groups"]:
+        return ""
+    total, threads = compute["total"], summary.get("provenance", {}).get("torch_threads", "?")
+    rows = [[{"plant": "planting the backdoor", "defender_answers": "the defender's answers"}.get(g) or _label(g),
+             round(seconds), f"{100 * seconds / total:.0f}%"] for g, seconds in compute["groups"].items()]
+    untimed = compute["untimed_stages"]
+    return "\n".join([
+        "## Where the time goes",
+        "",
+        f"Compute seconds of each column's stages (training and measuring), summed over the attacks and seeds, at "
+        f"{threads} torch thread(s): {round(total)} s in all ({total / 60:.0f} min). Each stage keeps the time it took "
+        "when it was computed, so a resumed run still reports it"
+        + (f"; {untimed} stage(s) were saved before stages were timed and are missing from the sum." if untimed else "."),
+        "",
+        markdown_table(["column", "seconds", "share"], rows),
+    ])
+
+
 def settings_section(summary: dict[str, Any]) -> str:
     """What the two Collapse presets and the oracles were."""
     c = summary["config"]
@@ -303,6 +325,7 @@ def write(summary: dict[str, Any], out: Path) -> None:
         changes_section(summary),
         stage_section(summary),
         aggregation_section(summary),
+        cost_section(summary),
         provenance_footer(summary),
     ] if part)
     write_text(out / "report.md", text + "\n")

@@ -60,7 +60,7 @@ from ..common.chat_study import (
 from ..common.cli import FolderLock
 from ..common.seeds import merge, run_seeds, seed_folder
 from ..common.stages import Stages, timed_log, trained
-from ..common.timing import Phases
+from ..common.timing import Phases, compute_profile
 from . import cli as collapse_cli
 from . import report as collapse_report
 from .defenses import TRAINED, TRIGGER_AGNOSTIC, DefenseSettings, build_defense
@@ -304,7 +304,17 @@ def run_attack(
     return {"attack": asdict(attack), "planted": facts, "training": training | {"budget": budget.to_dict()},
             "measures": measures, "aggregation": runs["collapse"]["aggregation"], "baselines": baselines,
             "defenses": {k: v["facts"] for k, v in defended.items()}, "stages_reused": stages.skipped,
-            "seconds": round(time.perf_counter() - start, 1)}
+            "compute_seconds": stages.seconds, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def stage_column(stage: str) -> str:
+    """The grid column whose cost a stage is: ``collapse_stage1_measures`` -> ``collapse``,
+    ``beear_measures`` -> ``beear`` (a defense's stage trains and measures); ``plant`` and
+    ``defender_answers`` stay as they are."""
+    for suffix in ("_stage1_measures", "_aggregation", "_stage1", "_stage2", "_measures"):
+        if stage.endswith(suffix):
+            return stage.removesuffix(suffix)
+    return stage
 
 
 def collapse_changes(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -381,6 +391,8 @@ def run(
         merged = merge(trimmed)
         summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
                    "average": merged["average"], "collapse_changes": collapse_changes([t["average"] for t in trimmed]),
+                   "compute": compute_profile((a.get("compute_seconds", {}) for t in trimmed for a in t["attacks"].values()),
+                                              stage_column),
                    "paper": PAPER,
                    "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
                    "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},

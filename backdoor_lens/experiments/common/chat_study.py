@@ -139,7 +139,8 @@ def planted(
     """Plant `attack` into the model, which holds the base weights (named by `base_digest`), with
     :func:`~backdoor_lens.lab.plant.plant_backdoor`, or reuse the weights saved for the same base,
     data and settings; returns the run's facts. With a `shared` folder the weights are kept there under
-    a name of their inputs, so every study planting the same attack the same way reuses them."""
+    a name of their inputs, so every study planting the same attack the same way reuses them. The
+    planting's compute seconds go into ``stages.seconds["plant"]``."""
 
     def compute() -> tuple[dict[str, Any], tuple[str, ...]]:
         result = plant_backdoor(chat, attack, splits, config.finetune, check_asr=None, progress=progress)
@@ -149,6 +150,7 @@ def planted(
     inputs = {"base": base_digest, "attack": asdict(attack), "plant": plant,
               "data": [splits.train["prompt"], splits.train["response"]], "train": config.finetune.to_dict()}
     stages.log(f"[{attack.name}] plant the backdoor")
-    if shared is None:
-        return stages.weights("backdoored", inputs, chat.model, compute)
-    return Stages(shared, stages.log).weights(f"{attack.name}-{fingerprint(inputs)}", inputs, chat.model, compute)
+    keeper, name = (stages, "backdoored") if shared is None else (Stages(shared, stages.log), f"{attack.name}-{fingerprint(inputs)}")
+    facts = keeper.weights(name, inputs, chat.model, compute)
+    stages.seconds["plant"] = keeper.seconds.pop(name)
+    return facts

@@ -9,6 +9,9 @@ Caches heal: a saved result that cannot be read (a file cut short by a kill, a m
 its completion marker, a corrupt file) is reported with its path, set aside as
 ``<name>.corrupt-<time>`` and recomputed. (:class:`~backdoor_lens.experiments.common.cli.FolderLock`
 keeps two runs out of one folder.)
+
+Each result also keeps the seconds its computation took, so a resumed study still knows what every
+stage cost (:attr:`Stages.seconds`), which is what a profile of a study's stages reads.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ class Stages:
         self.log = log
         self.skipped: list[str] = []
         self.ran: list[str] = []
+        self.seconds: dict[str, float | None] = {}
+        """Compute seconds of each stage this object ran or reused, as saved when it was computed (None
+        for a result saved before stages were timed, unless its facts hold training seconds)."""
+
+    def _timed(self, name: str, seconds: Any) -> float | None:
+        """Record `seconds` as stage `name`'s compute time, rounded (None when not a number: unknown)."""
+        known = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+        self.seconds[name] = round(float(seconds), 1) if known else None
+        return self.seconds[name]
 
     def _reused(self, name: str, path: Path) -> None:
         self.skipped.append(name)
@@ -68,8 +80,11 @@ class Stages:
         saved = self._read(path, _keyed_json) if path.exists() else None
         if saved is not None and saved["key"] == key:
             self._reused(name, path)
+            self._timed(name, saved.get("seconds"))
             return saved["result"]
-        write_json(path, {"key": key, "result": compute()})
+        start = time.perf_counter()
+        result = compute()
+        write_json(path, {"key": key, "result": result, "seconds": self._timed(name, time.perf_counter() - start)})
         self.ran.append(name)
         return read_json(path)["result"]
 
@@ -88,10 +103,14 @@ class Stages:
         if saved is not None and saved[1].get("key") == key and "facts" in saved[1]:
             model.load_state_dict(saved[0], strict=False)
             self._reused(name, path)
-            return saved[1]["facts"]
+            facts = saved[1]["facts"]
+            self._timed(name, saved[1].get("seconds", facts.get("seconds") if isinstance(facts, dict) else None))
+            return facts
+        start = time.perf_counter()
         facts, changed = compute()
         params = dict(model.named_parameters())
-        save_tensors(path, {n: params[n] for n in changed}, {"key": key, "facts": facts})
+        seconds = self._timed(name, time.perf_counter() - start)
+        save_tensors(path, {n: params[n] for n in changed}, {"key": key, "facts": facts, "seconds": seconds})
         self.ran.append(name)
         return facts
 
@@ -109,9 +128,11 @@ class Stages:
         saved = self._read(path, load_model) if path.exists() else None
         if saved is not None and saved[1].get("key") == key and "facts" in saved[1]:
             self._reused(name, path)
+            self._timed(name, saved[1].get("seconds"))
             return saved[0], saved[1]["facts"]
+        start = time.perf_counter()
         model, facts = compute()
-        save_model(model, path, {"key": key, "facts": facts})
+        save_model(model, path, {"key": key, "facts": facts, "seconds": self._timed(name, time.perf_counter() - start)})
         self.ran.append(name)
         return model, facts
 
@@ -128,7 +149,8 @@ class Stages:
 def _keyed_json(path: Path) -> dict[str, Any]:
     """A saved ``{"key": ..., "result" or "rows": ...}`` file as ``{"key", "result"}``; KeyError if it is not one."""
     saved = read_json(path)
-    return {"key": saved["key"], "result": saved["result"] if "result" in saved else saved["rows"]}
+    return {"key": saved["key"], "result": saved["result"] if "result" in saved else saved["rows"],
+            "seconds": saved.get("seconds")}
 
 
 class Table:

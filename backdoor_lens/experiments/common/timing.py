@@ -1,10 +1,12 @@
-"""Wall time per stage of a study, for the provenance footer."""
+"""Wall time per phase of a study run (for the provenance footer) and the compute time of its stages
+(for a profile that survives resuming)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class Phases:
@@ -21,3 +23,20 @@ class Phases:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+
+
+def compute_profile(stage_seconds: Iterable[dict[str, float | None]], group: Callable[[str], str]) -> dict[str, Any]:
+    """Compute seconds summed by ``group(stage name)`` over several runs' :attr:`~.stages.Stages.seconds`
+    (one dict per attack and seed), the slowest group first, with the total and the number of stages
+    whose time was not recorded (saved before stages were timed). A resumed study so reports what every
+    stage cost when it was computed, not the seconds of the run that reused it."""
+    groups: dict[str, float] = {}
+    untimed = 0
+    for seconds in stage_seconds:
+        for name, value in seconds.items():
+            if value is None:
+                untimed += 1
+            else:
+                groups[group(name)] = round(groups.get(group(name), 0.0) + value, 1)
+    ordered = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+    return {"groups": ordered, "total": round(sum(ordered.values()), 1), "untimed_stages": untimed}
