@@ -64,13 +64,13 @@ gpt2m: $(STAMP)
 # clean fine-tuning, BAHA head ablation, backdoor-vector subtraction and mean ablation.
 # MODEL=toy runs the grid on the 4-layer toy chat model (results/collapse-toy); QUICK=1 two attacks;
 # AGGREGATION=W adds stage 1's aggregation loss at weight W (results/collapse[-toy]-aggregationW);
-# CANDIDATES=all (or a comma list) measures single changes to Collapse as extra columns.
+# CANDIDATES=all (or a comma list) measures single changes to Collapse as extra columns (results/collapse[-toy]-candidates).
 AGGREGATION ?=
 CANDIDATES ?=
 collapse: $(STAMP)
 	$(PY) -m backdoor_lens.experiments.collapse $(CHAT_ARGS) $(if $(AGGREGATION),--aggregation-weight $(AGGREGATION),) \
 		$(if $(CANDIDATES),--candidates $(CANDIDATES),) \
-		--out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)$(if $(AGGREGATION),-aggregation$(AGGREGATION),)$(BRIDGE_SUFFIX)
+		--out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)$(if $(AGGREGATION),-aggregation$(AGGREGATION),)$(if $(CANDIDATES),-candidates,)$(BRIDGE_SUFFIX)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -111,7 +111,7 @@ docs: $(DOCS_STAMP)
 	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 # Copy results/<name>/report.md and its figures into docs/snapshots/ (committed; results/ is not).
-DOC_RESULTS ?= toy toy-quick toy-paper-quick smollm smollm-toy smollm-toy-bridge gpt2m-quick collapse collapse-toy
+DOC_RESULTS ?= toy toy-quick toy-paper-quick smollm smollm-toy smollm-toy-bridge gpt2m-quick collapse collapse-toy collapse-toy-candidates
 docs-results:
 	$(PYTHON) docs/snapshot_results.py $(DOC_RESULTS)
 

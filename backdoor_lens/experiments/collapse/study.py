@@ -100,7 +100,8 @@ what closes the gap to the paper: a KL term to the suspect model's own outputs d
 1's aggregation loss, ten varied known triggers instead of three, and twice the epochs in both stages."""
 IMPROVEMENTS: tuple[str, ...] = ("varied_triggers",)
 """The candidates the improved preset combines, chosen from the toy grid's candidate columns (the
-defense grid's report, "What closes the gap"): each change whose paired ASR change is "lower" while
+report of ``make collapse MODEL=toy CANDIDATES=all``, "What closes the gap", snapshot
+``docs/snapshots/collapse-toy-candidates``): each change whose paired ASR change is "lower" while
 its clean-accuracy change is not. On the toy grid (seed 0) only the ten varied known triggers passed;
 the aggregation loss and twice the epochs lowered ASR less and cost clean accuracy, and the KL term
 raised ASR."""
