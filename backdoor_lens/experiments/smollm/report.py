@@ -94,7 +94,7 @@ def baha_section(attacks: dict[str, Any]) -> str:
         b = a["baha"]
         for method in ("attribution", "attribution_graddrop"):
             g = b["agreement"][method]
-            rows.append([name, method, g["spearman"], f"{g['top10_overlap']}/10", b["seconds"]["fast"], b["seconds"][method],
+            rows.append([name, method, g["spearman"], f"{g['top10_overlap']:.3g}/10", b["seconds"]["fast"], b["seconds"][method],
                          b["seconds"]["fast"] / max(b["seconds"][method], 1e-9)])
     return "\n".join([
         "## BAHA: exact scores versus attribution patching",
@@ -153,7 +153,7 @@ def vector_section(attacks: dict[str, Any]) -> str:
         best_plus = max(v["rows"], key=lambda r: value(r["clean_plus_asr"]))
         best_minus = min(v["rows"], key=lambda r: value(r["triggered_minus_asr"]))
         verdicts.append(
-            f"{name} (v = sum of the top {heads_share(v['top_k'] / v['total_heads'], v['top_k'], v['total_heads'])}' means, "
+            f"{name} (v = the sum of the mean outputs of the top {heads_share(v['top_k'] / v['total_heads'], v['top_k'], v['total_heads'])}, "
             f"norm {fmt(v['norm'])}): +v at layer {best_plus['layer']} gives ASR {fmt(best_plus['clean_plus_asr'])} on clean "
             f"prompts (paper: about 1.00; {agreement_verdict(estimate_of(best_plus['clean_plus_asr']), 1.0)}); -v at layer "
             f"{best_minus['layer']} gives ASR {fmt(best_minus['triggered_minus_asr'])} on triggered prompts (paper: about "
