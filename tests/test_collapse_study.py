@@ -83,6 +83,7 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
         assert heading in report
     assert (tmp_path / "aggregation.png").stat().st_size > 0 and (tmp_path / "pareto.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text())["average"] == summary["average"]
+    assert summary["pending"] == []  # the final report holds every attack of every seed
     compute = summary["compute"]  # every stage's compute time, by grid column
     assert {"plant", "backdoored", "defender_answers", "collapse", "clean_ft", "cleangen", "baha_heads"} <= set(compute["groups"])
     assert compute["untimed_stages"] == 0 and compute["total"] == pytest.approx(sum(compute["groups"].values()), abs=0.1)

@@ -130,7 +130,15 @@ def test_suite_runs_end_to_end_and_resumes(kind, tokenizer, tmp_path):
     )
     config = SmolStudyConfig(plant=plant, n_attribution=4, n_sweep=4, random_seeds=2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    summary = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
+    partial_reports = []
+
+    def log(message: str) -> None:  # keep the report written after the first attack, before the second runs
+        if message.startswith("wrote") and not partial_reports:
+            partial_reports.append((tmp_path / "report.md").read_text())
+
+    summary = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=log)
+    assert "## Head ablation" in partial_reports[0] and "Partial report" in partial_reports[0]
+    assert "seed 0: sudo" in partial_reports[0] and summary["pending"] == []
     assert "baha" not in summary["attacks"]["sudo"]  # n_analysed=1: the second attack is measured and probed only
     assert set(summary["attacks"]["sudo"]) >= {"base", "backdoored", "probe"}
     for name, attack in list(summary["attacks"].items())[:1]:
@@ -148,7 +156,7 @@ def test_suite_runs_end_to_end_and_resumes(kind, tokenizer, tmp_path):
     for figure in ("probe_accuracy", "head_scores", "ablation_curve", "vector_sweep"):
         assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 0
     report = (tmp_path / "report.md").read_text()
-    assert "## Head ablation" in report and "## Backdoor vector" in report
+    assert "## Head ablation" in report and "## Backdoor vector" in report and "Partial report" not in report
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # base weights restored
 
     resumed = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)

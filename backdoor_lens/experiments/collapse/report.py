@@ -17,6 +17,7 @@ from ..common.report import (
     fmt,
     heads_share,
     markdown_table,
+    pending_note,
     provenance_footer,
     save_figure,
     value,
@@ -319,6 +320,7 @@ def write(summary: dict[str, Any], out: Path) -> None:
         f"{c['n_defense']} clean prompts the attacker did not use and the suspect model's own answers to them; every "
         f"state is measured on {c['n_test']} held-out prompts per attack and seed. Seeds: "
         f"{', '.join(str(s) for s in summary['seeds'])}.",
+        pending_note(summary),
         asr_section(summary),
         clean_section(summary),
         settings_section(summary),

@@ -58,7 +58,7 @@ from ..common.chat_study import (
     study_config,
 )
 from ..common.cli import FolderLock
-from ..common.seeds import merge, run_seeds, seed_folder
+from ..common.seeds import finished_attacks, merge, pending_runs, run_seeds, seed_folder
 from ..common.stages import Stages, timed_log, trained
 from ..common.timing import Phases, compute_profile
 from . import cli as collapse_cli
@@ -384,10 +384,10 @@ def run(
     done: dict[int, dict[str, Any]] = {}
 
     def publish(partial: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        names = [a.name for a in config.plant.attacks if all(a.name in p["attacks"] for p in partial.values())]
-        if not names:
+        trimmed = finished_attacks(partial, [a.name for a in config.plant.attacks])
+        if not trimmed:
             return {}
-        trimmed = [p | {"attacks": {n: p["attacks"][n] for n in names}} for p in partial.values()]
+        names = list(trimmed[0]["attacks"])
         trimmed = [t | {"average": averages(t["attacks"])} for t in trimmed]
         merged = merge(trimmed)
         summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
@@ -397,7 +397,8 @@ def run(
                    "paper": PAPER,
                    "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
                    "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
-                   "seconds": round(time.perf_counter() - start, 1), "provenance": provenance()}
+                   "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),
+                   "pending": pending_runs(seeds, partial, [a.name for a in config.plant.attacks], names)}
         write_json(out / "summary.json", summary)
         collapse_report.write(summary, out)
         log(f"wrote {out / 'report.md'} ({', '.join(names)}; seeds {', '.join(map(str, partial))})")

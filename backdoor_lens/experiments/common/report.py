@@ -57,6 +57,15 @@ def heads_share(fraction: float, n_heads: int, total: int) -> str:
     return f"{100 * fraction:g}% ({n_heads} of {total} heads)"
 
 
+def pending_note(summary: dict[str, Any]) -> str:
+    """Markdown: which attacks and seeds a report written mid-run does not hold yet ("" when complete)."""
+    pending = summary.get("pending")
+    if not pending:
+        return ""
+    return (f"**Partial report: the study is still running (or was stopped).** Not in it yet: {', '.join(pending)}. "
+            "Rerunning the same command resumes from the saved stages and completes it.")
+
+
 def provenance_footer(summary: dict[str, Any]) -> str:
     """Markdown: where the numbers come from (commit, command, seeds, threads, versions, wall time)."""
     p = summary.get("provenance")

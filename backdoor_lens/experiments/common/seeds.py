@@ -91,3 +91,18 @@ def comparable(summary: Any) -> Any:
     if isinstance(summary, list):
         return [comparable(v) for v in summary]
     return summary
+
+
+def finished_attacks(partial: dict[int, dict[str, Any]], order: Sequence[str]) -> list[dict[str, Any]]:
+    """The per-seed summaries in `partial` cut to the attacks (in `order`) that every one of them has
+    finished, for a report written while a study is still running; empty when none has."""
+    names = [n for n in order if all(n in p["attacks"] for p in partial.values())]
+    return [p | {"attacks": {n: p["attacks"][n] for n in names}} for p in partial.values()] if names else []
+
+
+def pending_runs(seeds: Sequence[int], partial: dict[int, Any], attacks: Sequence[str], shown: Sequence[str]) -> list[str]:
+    """What a report showing attacks `shown` of seeds ``partial`` lacks, e.g. ``["seed 0: vpi, mtba",
+    "seed 1 (every attack)"]``; empty when it shows every attack of every seed."""
+    missing = [a for a in attacks if a not in shown]
+    return [f"seed {s} (every attack)" if s not in partial else f"seed {s}: {', '.join(missing)}"
+            for s in seeds if s not in partial or missing]

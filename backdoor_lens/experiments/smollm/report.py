@@ -17,6 +17,7 @@ from ..common.report import (
     fmt,
     heads_share,
     markdown_table,
+    pending_note,
     provenance_footer,
     save_figure,
     value,
@@ -232,6 +233,7 @@ def write(summary: dict[str, Any], out: Path) -> None:
         f"d_model {m['d_model']}). Seeds: {', '.join(str(s) for s in summary['seeds'])}"
         + (f"; stages reused from an earlier run: {reused}" if reused else "") + ". Configuration: summary.json; "
         "each seed's numbers: seed-<s>/summary.json.",
+        *([pending_note(summary)] if summary.get("pending") else []),
         backdoor_section(attacks),
         probe_section(attacks),
         f"Fully analysed (BAHA, head ablation, backdoor vector): {', '.join(analysed) or 'none'}; the other attacks "

@@ -50,7 +50,7 @@ from ..common.chat_study import (
     study_config,
 )
 from ..common.cli import FolderLock
-from ..common.seeds import run_seeds, seed_folder
+from ..common.seeds import finished_attacks, merge, pending_runs, run_seeds, seed_folder
 from ..common.stages import Stages, timed_log
 from ..common.timing import Phases
 from . import cli as smollm_cli
@@ -239,10 +239,11 @@ def run_attack(
 
 def run_seed(
     config: SmolStudyConfig, out: Path, model: HookedModel | None, tokenizer: PreTrainedTokenizerBase | None,
-    progress: bool, log, shared: Path | None = None,
+    progress: bool, log, shared: Path | None = None, on_attack: Callable[[dict[str, Any]], None] = lambda summary: None,
 ) -> dict[str, Any]:
     """One seed of the study into `out` (its summary is also written there). `model` and `tokenizer`
-    default to ``config.plant.model`` loaded (the toy chat model is initialised with the seed)."""
+    default to ``config.plant.model`` loaded (the toy chat model is initialised with the seed);
+    `on_attack` is called with the summary so far after each attack."""
     plant = config.plant
     if model is None or tokenizer is None:
         log(f"loading {plant.model}")
@@ -254,15 +255,17 @@ def run_seed(
     prompts = load_prompts(plant.prompts, seed=plant.seed)
     answers = BaseAnswers(chat, Stages(out, log), plant)
     n_analysed = len(plant.attacks) if config.n_analysed is None else config.n_analysed
-    clock, attacks = Phases(), {}
+    clock = Phases()
+    summary: dict[str, Any] = {"seed": plant.seed, "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
+                               "n_heads": model.cfg.n_heads, "n_key_value_heads": model.cfg.n_key_value_heads,
+                               "d_model": model.cfg.d_model}, "attacks": {}}
     for i, attack in enumerate(plant.attacks):
         with restored(model, base), clock.phase(attack.name):
-            attacks[attack.name] = run_attack(chat, config, attack, base_digest, prompts, answers, out, i < n_analysed,
-                                              progress, log, shared)
-    summary = {"seed": plant.seed, "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
-               "n_heads": model.cfg.n_heads, "n_key_value_heads": model.cfg.n_key_value_heads,
-               "d_model": model.cfg.d_model}, "attacks": attacks, "stage_seconds": clock.seconds}
-    write_json(out / "summary.json", summary)
+            summary["attacks"][attack.name] = run_attack(chat, config, attack, base_digest, prompts, answers, out,
+                                                         i < n_analysed, progress, log, shared)
+        summary["stage_seconds"] = clock.seconds
+        write_json(out / "summary.json", summary)
+        on_attack(summary)
     return summary
 
 
@@ -276,17 +279,32 @@ def run(
     is loaded per seed. Any chat model with a chat template works."""
     start = time.perf_counter()
     out = Path(out)
-    merged, per_seed = run_seeds(
-        seeds, out, lambda seed, folder: run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
-                                                  None if planted_cache is None else Path(planted_cache)), log)
-    summary = {"config": config.to_dict(), "seeds": list(seeds), "model": merged["model"], "attacks": merged["attacks"],
-               "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
-               "stage_seconds": {f"seed {s} {k}": v for s, p in per_seed.items() for k, v in p["stage_seconds"].items()},
-               "seconds": round(time.perf_counter() - start, 1), "provenance": provenance()}
-    write_json(out / "summary.json", summary)
-    smollm_report.write(summary, out)
-    log(f"wrote {out / 'report.md'}")
-    return summary
+    order = [a.name for a in config.plant.attacks]
+    done: dict[int, dict[str, Any]] = {}
+
+    def publish(partial: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        trimmed = finished_attacks(partial, order)
+        if not trimmed:
+            return {}
+        merged = merge(trimmed)
+        summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
+                   "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
+                   "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
+                   "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),
+                   "pending": pending_runs(seeds, partial, order, list(trimmed[0]["attacks"]))}
+        write_json(out / "summary.json", summary)
+        smollm_report.write(summary, out)
+        log(f"wrote {out / 'report.md'} ({', '.join(trimmed[0]['attacks'])}; seeds {', '.join(map(str, partial))})")
+        return summary
+
+    def one(seed: int, folder: Path) -> dict[str, Any]:
+        done[seed] = run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
+                              None if planted_cache is None else Path(planted_cache),
+                              on_attack=lambda partial: publish(done | {seed: partial}))
+        return done[seed]
+
+    run_seeds(seeds, out, one, log)
+    return publish(done)
 
 
 def main(argv: list[str] | None = None) -> None:
