@@ -54,7 +54,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
 
 def heads_share(fraction: float, n_heads: int, total: int) -> str:
     """A share of heads with its count, e.g. ``3% (1 of 32 heads)``."""
-    return f"{100 * fraction:g}% ({n_heads} of {total} heads)"
+    return f"{100 * fraction:.3g}% ({n_heads} of {total} heads)"
 
 
 def pending_note(summary: dict[str, Any]) -> str:
