@@ -195,13 +195,14 @@ def stage_section(summary: dict[str, Any]) -> str:
 
 
 def cost_section(summary: dict[str, Any]) -> str:
-    """Where the grid's compute time goes: seconds per column, summed over attacks and seeds."""
+    """Where the grid's compute time goes: seconds per column, summed over attacks and seeds, slowest first."""
     compute = summary.get("compute")
     if not compute or not compute["groups"]:
         return ""
     total, threads = compute["total"], summary.get("provenance", {}).get("torch_threads", "?")
     rows = [[{"plant": "planting the backdoor", "defender_answers": "the defender's answers"}.get(g) or _label(g),
-             round(seconds), f"{100 * seconds / total:.0f}%"] for g, seconds in compute["groups"].items()]
+             round(seconds), f"{100 * seconds / total:.0f}%"]
+            for g, seconds in sorted(compute["groups"].items(), key=lambda kv: -kv[1])]
     untimed = compute["untimed_stages"]
     return "\n".join([
         "## Where the time goes",
