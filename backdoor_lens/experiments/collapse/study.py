@@ -381,12 +381,15 @@ def run(
     default to ``config.plant.model`` loaded."""
     start = time.perf_counter()
     out = Path(out)
+    order = [a.name for a in config.plant.attacks]
     done: dict[int, dict[str, Any]] = {}
+    latest: dict[str, Any] = {}
 
-    def publish(partial: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        trimmed = finished_attacks(partial, [a.name for a in config.plant.attacks])
+    def publish(partial: dict[int, dict[str, Any]]) -> None:
+        nonlocal latest
+        trimmed = finished_attacks(partial, order)
         if not trimmed:
-            return {}
+            return
         names = list(trimmed[0]["attacks"])
         trimmed = [t | {"average": averages(t["attacks"])} for t in trimmed]
         merged = merge(trimmed)
@@ -398,11 +401,11 @@ def run(
                    "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
                    "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
                    "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),
-                   "pending": pending_runs(seeds, partial, [a.name for a in config.plant.attacks], names)}
+                   "pending": pending_runs(seeds, partial, order, names)}
         write_json(out / "summary.json", summary)
         collapse_report.write(summary, out)
         log(f"wrote {out / 'report.md'} ({', '.join(names)}; seeds {', '.join(map(str, partial))})")
-        return summary
+        latest = summary
 
     def one(seed: int, folder: Path) -> dict[str, Any]:
         summary = run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
@@ -412,7 +415,7 @@ def run(
         return summary
 
     run_seeds(seeds, out, one, log)
-    return publish(done)
+    return latest  # published after the last attack of the last seed
 
 
 def main(argv: list[str] | None = None) -> None:

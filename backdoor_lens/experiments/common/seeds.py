@@ -69,14 +69,14 @@ def _numeric(values: list) -> bool:
 
 def run_seeds(
     seeds: Sequence[int], out: Path, run_one: Callable[[int, Path], dict[str, Any]], log: Callable[[str], None] = print
-) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """`run_one(seed, folder)` for each seed (each resumable in its own folder), then the merged
-    summary and the per-seed ones."""
+) -> dict[int, dict[str, Any]]:
+    """`run_one(seed, folder)` for each seed (each resumable in its own folder); the per-seed
+    summaries, for the caller to :func:`merge` (whole, or as it publishes partial reports)."""
     per_seed = {}
     for seed in seeds:
         log(f"seed {seed} ({list(seeds).index(seed) + 1} of {len(seeds)})")
         per_seed[seed] = run_one(seed, seed_folder(out, seed))
-    return merge(list(per_seed.values())), per_seed
+    return per_seed
 
 
 WALL_CLOCK_KEYS = ("seconds", "stage_seconds", "stages_reused", "provenance")

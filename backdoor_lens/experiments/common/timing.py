@@ -27,7 +27,7 @@ class Phases:
 
 def compute_profile(stage_seconds: Iterable[dict[str, float | None]], group: Callable[[str], str]) -> dict[str, Any]:
     """Compute seconds summed by ``group(stage name)`` over several runs' :attr:`~.stages.Stages.seconds`
-    (one dict per attack and seed), the slowest group first, with the total and the number of stages
+    (one dict per attack and seed), with the total and the number of stages
     whose time was not recorded (saved before stages were timed). A resumed study so reports what every
     stage cost when it was computed, not the seconds of the run that reused it."""
     groups: dict[str, float] = {}
@@ -38,5 +38,4 @@ def compute_profile(stage_seconds: Iterable[dict[str, float | None]], group: Cal
                 untimed += 1
             else:
                 groups[group(name)] = round(groups.get(group(name), 0.0) + value, 1)
-    ordered = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
-    return {"groups": ordered, "total": round(sum(ordered.values()), 1), "untimed_stages": untimed}
+    return {"groups": groups, "total": round(sum(groups.values()), 1), "untimed_stages": untimed}

@@ -51,7 +51,7 @@ from ...util.io import write_json
 from ...util.reproducibility import make_deterministic, provenance
 from ...util.validation import check_choice
 from ..common.cli import FolderLock
-from ..common.seeds import run_seeds, seed_folder
+from ..common.seeds import merge, run_seeds, seed_folder
 from ..common.stages import Stages, timed_log, trained
 from . import cli as gpt2m_cli
 from . import report as gpt2m_report
@@ -501,8 +501,8 @@ def run(config: Gpt2mConfig, out: str | Path, seeds: tuple[int, ...] = (0,), pro
     write ``summary.json``, ``report.md`` and figures to `out`; returns the merged summary."""
     start = time.perf_counter()
     out = Path(out)
-    merged, per_seed = run_seeds(seeds, out, lambda seed, folder: run_seed(replace(config, seed=seed), folder, progress, log),
-                                 log)
+    per_seed = run_seeds(seeds, out, lambda seed, folder: run_seed(replace(config, seed=seed), folder, progress, log), log)
+    merged = merge(list(per_seed.values()))
     summary = merged | {"config": config.to_dict(), "seeds": list(seeds),
                         "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
                         "stage_seconds": {f"seed {s}": p["seconds"] for s, p in per_seed.items()},

@@ -281,11 +281,13 @@ def run(
     out = Path(out)
     order = [a.name for a in config.plant.attacks]
     done: dict[int, dict[str, Any]] = {}
+    latest: dict[str, Any] = {}
 
-    def publish(partial: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    def publish(partial: dict[int, dict[str, Any]]) -> None:
+        nonlocal latest
         trimmed = finished_attacks(partial, order)
         if not trimmed:
-            return {}
+            return
         merged = merge(trimmed)
         summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
                    "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
@@ -295,7 +297,7 @@ def run(
         write_json(out / "summary.json", summary)
         smollm_report.write(summary, out)
         log(f"wrote {out / 'report.md'} ({', '.join(trimmed[0]['attacks'])}; seeds {', '.join(map(str, partial))})")
-        return summary
+        latest = summary
 
     def one(seed: int, folder: Path) -> dict[str, Any]:
         done[seed] = run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
@@ -304,7 +306,7 @@ def run(
         return done[seed]
 
     run_seeds(seeds, out, one, log)
-    return publish(done)
+    return latest  # published after the last attack of the last seed
 
 
 def main(argv: list[str] | None = None) -> None:

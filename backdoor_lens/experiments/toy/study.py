@@ -35,7 +35,7 @@ from ...util.io import write_json
 from ...util.reproducibility import make_deterministic, provenance
 from ...util.validation import check_choice
 from ..common.cli import FolderLock
-from ..common.seeds import run_seeds, seed_folder
+from ..common.seeds import merge, run_seeds, seed_folder
 from ..common.stages import Stages, timed_log
 from ..common.timing import Phases
 from . import cli as toy_cli
@@ -453,7 +453,8 @@ def run(
         summary, figures[seed] = run_seed(config.with_seed(seed), folder, storage, progress, log)
         return summary
 
-    merged, per_seed = run_seeds(seeds, out, one, log)
+    per_seed = run_seeds(seeds, out, one, log)
+    merged = merge(list(per_seed.values()))
     summary = {"config": config.to_dict(), "seeds": list(seeds), "models": merged["models"], "freezing": merged["freezing"],
                "planting": toy_report.planting_counts(merged["models"], config.present),
                "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in seeds},
