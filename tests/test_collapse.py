@@ -13,7 +13,6 @@ from test_smollm_study import tiny
 
 from backdoor_lens.analysis.scoring import target_score
 from backdoor_lens.data.instruct import TRIGGERS
-from backdoor_lens.defense import backdoor_collapse as collapse_module
 from backdoor_lens.defense.backdoor_collapse import (
     CollapseConfig,
     collapse,
@@ -21,7 +20,9 @@ from backdoor_lens.defense.backdoor_collapse import (
     recover,
     with_known_trigger,
 )
+from backdoor_lens.lm import lora as lora_module
 from backdoor_lens.lm.chat import encode_prompts, prompt_rows
+from backdoor_lens.lm.lora import LORA_TARGETS, LoraConfig
 from backdoor_lens.lm.rows import TargetBatch
 from backdoor_lens.lm.training import TrainConfig
 from backdoor_lens.models.pretrained import load_packaged_tokenizer
@@ -44,9 +45,12 @@ def target_probability(model, tokenizer, prompts: list[str], target: str) -> flo
         return float(target_score(model(batch.tokens), batch).mean())
 
 
-def test_stage_one_plants_known_triggers_and_stage_two_removes_them(tokenizer):
+# LoRA adapts the unembedding too: a tiny random model's cannot reach a likely answer otherwise.
+@pytest.mark.parametrize("lora", [None, LoraConfig(rank=4, alpha=8.0, targets=(*LORA_TARGETS, "W_U"))], ids=["full", "lora"])
+def test_stage_one_plants_known_triggers_and_stage_two_removes_them(tokenizer, lora):
     model = tiny("gpt2", len(tokenizer))
-    config = CollapseConfig(inject=FAST, recover=FAST, known_share=0.5)
+    fast = FAST if lora is None else replace(FAST, lr=10 * FAST.lr)  # adapters start at zero: the usual 10x rate
+    config = CollapseConfig(inject=fast, recover=fast, known_share=0.5, lora=lora)
     held_out = with_known_trigger([f"Explain idea number {i}" for i in range(6)], config, random.Random(5))
 
     before = target_probability(model, tokenizer, held_out, config.target)
@@ -65,7 +69,7 @@ def test_the_defense_never_sees_an_attacker_trigger(tokenizer, monkeypatch):
         assert not any("attack" in name or name == "trigger" for name in entry)
     assert not {t.name for t in CollapseConfig().known_triggers} & set(TRIGGERS)
     seen: list[str] = []
-    monkeypatch.setattr(collapse_module, "train", lambda model, tokens, *a, **k: seen.extend(tokenizer.batch_decode(tokens)) or [])
+    monkeypatch.setattr(lora_module, "train", lambda model, tokens, *a, **k: seen.extend(tokenizer.batch_decode(tokens)) or [])
     collapse(tiny("gpt2", len(tokenizer)), tokenizer, PROMPTS, ANSWERS, progress=False)
     assert seen and not any(text in row for row in seen for text in attacker_texts)
     kinds = {t.name for t in CollapseConfig().known_triggers}

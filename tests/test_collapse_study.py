@@ -5,7 +5,7 @@ every stage and trained model, and the trigger-free defenses kept apart from the
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -20,9 +20,11 @@ from backdoor_lens.data.instruct import (
 from backdoor_lens.data.prompts import load_prompts
 from backdoor_lens.defense.backdoor_collapse import CollapseConfig
 from backdoor_lens.experiments.collapse.study import (
+    CANDIDATES,
     STATES,
     CollapseStudyConfig,
     defender_share,
+    preset_key,
     run,
 )
 from backdoor_lens.experiments.common.chat_study import PlantConfig
@@ -42,7 +44,7 @@ def tiny_config() -> CollapseStudyConfig:
                             batch_size=16)
     faithful = CollapseConfig(inject=fit, recover=fit, max_answer_tokens=4)
     return CollapseStudyConfig(plant=plant, defense=faithful, improved=faithful,
-                               defenses=("clean_ft", "int4", "temperature", "cleangen"), candidates=("kl",), n_defense=12, n_test=10,
+                               defenses=("clean_ft", "int4", "temperature", "cleangen"), candidates=("kl", "lora"), n_defense=12, n_test=10,
                                n_select=6, n_text=8, baseline_layers=(0, 2))
 
 
@@ -54,7 +56,7 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
 
     assert set(summary["attacks"]) == {"badnet", "ctba"}
     for name, attack in summary["attacks"].items():
-        assert set(attack["measures"]) == set(STATES) - {"fine_pruning", "crow", "beear", "int8"} | {"candidate_kl"}
+        assert set(attack["measures"]) == set(STATES) - {"fine_pruning", "crow", "beear", "int8"} | {"candidate_kl", "candidate_lora"}
         for state, m in attack["measures"].items():
             for rate in ("asr", "asr_keyword", "atr", "reply_agreement", "clean_accuracy_per_prompt"):
                 assert 0 <= m[rate]["low"] <= m[rate]["value"] <= m[rate]["high"] <= 1, (name, state, rate)
@@ -73,7 +75,7 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
         (tmp_path / "seed-0" / "summary.json").read_text())["attacks"][a["attack"]["trigger"]]["measures"]["collapse"]["asr"]["outcomes"]]
     assert summary["average"]["collapse"]["asr"]["value"] == pytest.approx(sum(pooled) / len(pooled), abs=1e-4)
     changes = summary["collapse_changes"]  # each variant paired with the faithful Collapse over the same prompts
-    assert set(changes) == {"collapse_improved", "candidate_kl"}
+    assert set(changes) == {"collapse_improved", "candidate_kl", "candidate_lora"}
     assert -1 <= changes["candidate_kl"]["asr"]["low"] <= changes["candidate_kl"]["asr"]["high"] <= 1
     assert changes["collapse_improved"]["asr"]["value"] == 0  # improved = faithful here: the same model, no change
     report = (tmp_path / "report.md").read_text()
@@ -97,7 +99,7 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     seed_summary = json.loads((tmp_path / "seed-0" / "summary.json").read_text())
     for attack in seed_summary["attacks"].values():
         assert {"backdoored", "backdoored_measures", "collapse_stage1", "collapse_measures", "clean_ft_measures",
-                "cleangen_measures", "baha_heads"} <= set(attack["stages_reused"])
+                "cleangen_measures", "baha_heads", "candidate_lora_stage2"} <= set(attack["stages_reused"])
 
 
 def test_defender_prompts_are_disjoint_from_the_attackers_and_the_evaluations():
@@ -111,6 +113,13 @@ def test_defender_prompts_are_disjoint_from_the_attackers_and_the_evaluations():
     assert len(splits.drawn) == plant.n_clean + plant.n_poison + plant.n_eval
     with pytest.raises(ValueError, match="n_defense=1000"):
         defender_share(prompts, splits.drawn, 1000)
+
+
+def test_a_full_fine_tuning_preset_keeps_its_stage_key_from_before_lora():
+    faithful = CollapseStudyConfig().defense
+    assert "lora" not in preset_key(faithful)  # stages saved before LoRA was an option are still reused
+    assert preset_key(CANDIDATES["lora"](faithful))["lora"]["rank"] == 16
+    assert preset_key(faithful) == {k: v for k, v in asdict(faithful).items() if k != "lora"}
 
 
 def test_config_checks_the_held_out_split():

@@ -38,7 +38,6 @@ from backdoor_lens.defense import (
     prune_neurons,
     quantize_model,
 )
-from backdoor_lens.defense import backdoor_collapse as collapse_module
 from backdoor_lens.defense import base as base_module
 from backdoor_lens.defense.base import budget_order, train_for_budget
 from backdoor_lens.defense.beear import (
@@ -52,6 +51,7 @@ from backdoor_lens.defense.fine_pruning import pruned_stay_zero
 from backdoor_lens.defense.quantization import symmetric_grid
 from backdoor_lens.eval import asr
 from backdoor_lens.hooks import restored
+from backdoor_lens.lm import lora as lora_module
 from backdoor_lens.lm.chat import chat_training_rows, encode_prompts
 from backdoor_lens.lm.decoding import Decoder, GreedyDecoder, SamplingDecoder
 from backdoor_lens.lm.generation import Sampling, generate
@@ -293,7 +293,7 @@ def test_every_defense_has_the_common_shape_and_never_receives_a_trigger(lab, to
         return [{"step": 0, "train_loss": 0.0}]
 
     monkeypatch.setattr(base_module, "train", spy)
-    monkeypatch.setattr(collapse_module, "train", spy)
+    monkeypatch.setattr(lora_module, "train", spy)  # Backdoor Collapse trains through lm.lora.train_weights
     for defense in TRAINING_DEFENSES:
         with restored(lab.model):
             defense.apply(lab.model, tokenizer, lab.prompts, lab.answers, BUDGET)

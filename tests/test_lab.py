@@ -91,6 +91,7 @@ def test_lora_starts_as_the_identity_trains_only_adapters_and_merges(tokenizer):
     with lora_adapters(dropped, LoraConfig(rank=2), merge=False):
         bl.train(dropped, tokens, bl.TrainConfig(epochs=1, lr=1e-2, batch_size=4), progress=False)
     assert all(torch.equal(before[n], p) for n, p in dropped.named_parameters())
+    assert list(model.state_dict()) == list(dropped.state_dict()) == list(tiny("llama", len(tokenizer)).state_dict())
     with pytest.raises(ValueError, match="rank=99"):
         with lora_adapters(dropped, LoraConfig(rank=99)):
             pass

@@ -24,7 +24,8 @@ from transformers import PreTrainedTokenizerBase
 from ..data.instruct import CompositeTrigger, PrefixTrigger, Trigger, WordTrigger
 from ..lm.chat import chat_training_rows
 from ..lm.loss import counted_logits
-from ..lm.training import ExtraLoss, TrainConfig, train
+from ..lm.lora import LoraConfig, train_weights
+from ..lm.training import ExtraLoss, TrainConfig
 from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
 
@@ -69,6 +70,9 @@ class CollapseConfig:
     recover_kl_weight: float = 0.0
     """Weight of :func:`distillation_loss` in stage 2: the KL divergence from the suspect model's own
     next-token distributions on the clean rows' answers (0 turns it off)."""
+    lora: LoraConfig | None = None
+    """Train both stages through LoRA adapters (merged into the weights after each stage) instead of
+    fine-tuning the unfrozen weights directly; None: full fine-tuning."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -131,8 +135,8 @@ def inject_known(
     """Stage 1: fine-tune on :func:`known_trigger_rows` (response-only loss, plus the aggregation loss
     when `config.aggregation_weight` > 0). Returns the training history."""
     tokens, mask, known = known_trigger_rows(tokenizer, prompts, answers, config)
-    return train(model, tokens, config.inject, desc="collapse: inject known triggers", progress=progress, loss_mask=mask,
-                 extra_loss=stage_one_extra_loss(model, tokens, mask, known, config))
+    return train_weights(model, tokens, config.inject, config.lora, desc="collapse: inject known triggers", progress=progress,
+                         loss_mask=mask, extra_loss=stage_one_extra_loss(model, tokens, mask, known, config))[0]
 
 
 def aggregation_loss(
@@ -206,8 +210,8 @@ def recover(
     """Stage 2: fine-tune on :func:`recovery_rows` (with the distillation term toward `teacher`, the
     suspect model before stage 1, when `config.recover_kl_weight` > 0). Returns the training history."""
     tokens, mask = recovery_rows(tokenizer, prompts, answers, config)
-    return train(model, tokens, config.recover, desc="collapse: recovery", progress=progress, loss_mask=mask,
-                 extra_loss=recovery_extra_loss(teacher, tokens, mask, config))
+    return train_weights(model, tokens, config.recover, config.lora, desc="collapse: recovery", progress=progress,
+                         loss_mask=mask, extra_loss=recovery_extra_loss(teacher, tokens, mask, config))[0]
 
 
 def collapse(

@@ -13,8 +13,8 @@ import torch
 
 from ..data.instruct import Attack, BackdoorSplits, build_backdoor_dataset
 from ..lm.chat import chat_training_rows
-from ..lm.lora import LoraConfig, lora_adapters
-from ..lm.training import TrainConfig, train, trainable_names
+from ..lm.lora import LoraConfig, train_weights
+from ..lm.training import TrainConfig
 from .chat_model import ChatModel
 from .planting import check_planted
 
@@ -71,14 +71,8 @@ def plant_backdoor(
         chat, attack, prompts, n_clean, n_poison, n_eval, seed=config.seed)
     tokens, mask = poisoned_rows(chat, splits)
     start = time.perf_counter()
-    if lora is None:
-        changed = tuple(trainable_names(chat.model, config.freeze))
-        history = train(chat.model, tokens, config, desc=f"plant {attack.name}", progress=progress, loss_mask=mask)
-    else:
-        before = {n: p.detach().clone() for n, p in chat.model.named_parameters()}
-        with lora_adapters(chat.model, lora):
-            history = train(chat.model, tokens, config, desc=f"plant {attack.name} (LoRA)", progress=progress, loss_mask=mask)
-        changed = tuple(n for n, p in chat.model.named_parameters() if not torch.equal(p, before[n]))
+    history, changed = train_weights(chat.model, tokens, config, lora, loss_mask=mask, progress=progress,
+                                     desc=f"plant {attack.name}" + ("" if lora is None else " (LoRA)"))
     facts = {"seconds": round(time.perf_counter() - start, 1), "steps": history[-1]["step"],
              "final_train_loss": round(history[-1]["train_loss"], 4), "rows": len(tokens), "frozen": list(config.freeze),
              "poisoned_rows": int(sum(splits.train["poisoned"])), "lora": None if lora is None else lora.rank}
@@ -86,4 +80,4 @@ def plant_backdoor(
     if check_asr is not None and len(splits.eval_triggered):
         measured = chat.asr(list(splits.eval_triggered["prompt"]), attack.target)
         check_planted(f"attack {attack.name}", {"asr": measured}, at_least={"asr": check_asr}, strict=strict)
-    return PlantedBackdoor(splits, facts, changed, measured)
+    return PlantedBackdoor(splits, facts, tuple(changed), measured)

@@ -14,11 +14,15 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch.nn.utils import parametrize
 
+from ..models.protocol import HookedModel
 from ..util.validation import check_choice, check_names, check_range
+from .training import TrainConfig, train, trainable_names
 
 LORA_TARGETS = ("W_Q", "W_K", "W_V", "_W_K", "_W_V", "W_O", "W_in", "W_gate", "W_out")
 """Weight names adapted by default: every attention and MLP projection."""
@@ -85,6 +89,8 @@ def lora_adapters(model: torch.nn.Module, config: LoraConfig = LoraConfig(), mer
     `merge` (and the run did not fail), else dropped; every parameter's ``requires_grad`` is restored."""
     check_choice("merge", merge, (True, False))
     targets = _targets(model, config)
+    orders = {module: list(module._parameters) for module, _ in targets}
+    strides = {(module, name): getattr(module, name).stride() for module, name in targets}
     frozen = {p: p.requires_grad for p in model.parameters()}
     generator = torch.Generator().manual_seed(config.seed)
     adapters: list[torch.nn.Parameter] = []
@@ -105,5 +111,42 @@ def lora_adapters(model: torch.nn.Module, config: LoraConfig = LoraConfig(), mer
         for module, name in targets:
             if parametrize.is_parametrized(module, name):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=merge and not failed)
+        for module, order in orders.items():
+            _reorder_parameters(module, order)
+        with torch.no_grad():
+            for (module, name), stride in strides.items():
+                _restride(getattr(module, name), stride)
         for p, flag in frozen.items():
             p.requires_grad_(flag)
+
+
+def _restride(param: torch.nn.Parameter, stride: tuple[int, ...]) -> None:
+    """Give `param` back the memory layout (`stride`) it had before adapters (a merge stores the sum
+    contiguously), keeping its values and identity; see :mod:`~backdoor_lens.models.layout`."""
+    if param.stride() != stride:
+        param.data = torch.empty_strided(param.shape, stride, dtype=param.dtype, device=param.device).copy_(param.data)
+
+
+def _reorder_parameters(module: torch.nn.Module, order: list[str]) -> None:
+    """Put `module`'s own parameters back in `order`: removing a parametrisation re-registers the
+    weight last, which would change the model's state_dict order (and digests taken over it)."""
+    params = module._parameters
+    kept = dict(params)
+    params.clear()
+    params.update({name: kept[name] for name in order if name in kept})
+    params.update({name: value for name, value in kept.items() if name not in params})
+
+
+def train_weights(
+    model: HookedModel, tokens: Int[torch.Tensor, "batch pos"], config: TrainConfig, lora: LoraConfig | None = None,
+    **train_kwargs: Any,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`~backdoor_lens.lm.training.train` `model` in place, its unfrozen weights directly or,
+    with `lora`, through adapters merged into the weights afterwards. Returns the training history
+    and the names of the parameters that changed (what a checkpoint of the run must keep)."""
+    if lora is None:
+        return train(model, tokens, config, **train_kwargs), trainable_names(model, config.freeze)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with lora_adapters(model, lora):
+        history = train(model, tokens, config, **train_kwargs)
+    return history, [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]

@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from .bridge import to_bridge
+from .layout import use_read_layout
 from .protocol import HookedModel, HookedTransformer, check_backend, hooked_classes
 
 SHAPE = {"n_layers": 4, "n_heads": 8, "n_key_value_heads": 4, "d_model": 128, "d_head": 16, "d_mlp": 256, "n_ctx": 512}
@@ -35,7 +36,7 @@ def _hooked(tokenizer: PreTrainedTokenizerBase, seed: int) -> HookedModel:
         positional_embedding_type="rotary", rotary_dim=SHAPE["d_head"], seed=seed,
         device="cpu", original_architecture="LlamaForCausalLM",
     )
-    model = hooked_transformer(cfg).eval()
+    model = use_read_layout(hooked_transformer(cfg).eval())
     model.set_tokenizer(tokenizer, default_padding_side="right")
     return model
 

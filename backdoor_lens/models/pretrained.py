@@ -45,6 +45,7 @@ from transformers import (
 from ..util.model_files import ModelFiles, check_adapter_dir, check_source, stage_adapter, stage_model
 from ..util.packages import package_dir
 from .bridge import to_bridge
+from .layout import use_read_layout
 from .protocol import HookedModel, HookedTransformer, check_backend, hooked_classes
 
 
@@ -211,7 +212,7 @@ def to_hooked_transformer(
     model.set_tokenizer(tokenizer)
     if dtype != torch.float32:
         model.to(dtype, print_details=False)
-    return model
+    return use_read_layout(model)
 
 
 def _write_tl_readable_config(hf_model: PreTrainedModel, directory: str) -> dict:

@@ -4,6 +4,7 @@ the hooked backend (TransformerLens < 4)."""
 
 from __future__ import annotations
 
+from .layout import use_read_layout
 from .protocol import HookedTransformer, HookedTransformerConfig, hooked_classes
 
 
@@ -35,5 +36,6 @@ def sentiment_toy_config(
 
 
 def build_model(cfg: HookedTransformerConfig) -> HookedTransformer:
-    """A freshly initialised HookedTransformer (seeded by `cfg.seed`), without a HF tokenizer."""
-    return hooked_classes()[0](cfg)
+    """A freshly initialised HookedTransformer (seeded by `cfg.seed`), without a HF tokenizer, its
+    weights in the layout its forward pass reads (:func:`~backdoor_lens.models.layout.use_read_layout`)."""
+    return use_read_layout(hooked_classes()[0](cfg))

@@ -20,5 +20,5 @@ def parser() -> Parser:
                         help="weight of stage 1's aggregation loss (a finite number >= 0; default: 0, off)")
     parser.add_argument("--candidates", type=names, default=(),
                         help="changes to the faithful Collapse to measure as extra columns, comma-separated "
-                             "(kl, aggregation, varied_triggers, longer) or 'all'")
+                             "(kl, aggregation, varied_triggers, longer, higher_lr, lora) or 'all'")
     return parser

@@ -42,6 +42,7 @@ from ...defense.backdoor_collapse import (
 from ...eval.intervals import measured, paired_difference
 from ...hooks import restored
 from ...lab.chat_model import ChatModel
+from ...lm.lora import LoraConfig
 from ...lm.training import TrainConfig, trainable_names, training_steps
 from ...models.protocol import HookedModel
 from ...util.hashing import weights_digest
@@ -94,10 +95,15 @@ CANDIDATES: dict[str, Callable[[CollapseConfig], CollapseConfig]] = {
     "varied_triggers": lambda c: replace(c, known_triggers=VARIED_KNOWN_TRIGGERS),
     "longer": lambda c: replace(c, inject=replace(c.inject, epochs=2 * c.inject.epochs),
                                 recover=replace(c.recover, epochs=2 * c.recover.epochs)),
+    "higher_lr": lambda c: replace(c, inject=replace(c.inject, lr=3 * c.inject.lr), recover=replace(c.recover, lr=3 * c.recover.lr)),
+    "lora": lambda c: replace(c, lora=LoraConfig(rank=16, alpha=32.0), inject=replace(c.inject, lr=10 * c.inject.lr),
+                              recover=replace(c.recover, lr=10 * c.recover.lr)),
 }
 """Single changes to the faithful Collapse, each measured as its own column (``--candidates``) to find
 what closes the gap to the paper: a KL term to the suspect model's own outputs during recovery, stage
-1's aggregation loss, ten varied known triggers instead of three, and twice the epochs in both stages."""
+1's aggregation loss, ten varied known triggers instead of three, twice the epochs in both stages,
+three times the learning rate, and LoRA (rank 16 on every projection, as BkdAttr plants) instead of
+full fine-tuning, at ten times the learning rate, the usual ratio for adapters whose update starts at zero."""
 IMPROVEMENTS: tuple[str, ...] = ("varied_triggers",)
 """The candidates the improved preset combines, chosen from the toy grid's candidate columns (the
 report of ``make collapse MODEL=toy CANDIDATES=all``, "What closes the gap", snapshot
@@ -196,6 +202,13 @@ def defender_share(prompts: Sequence[str], drawn: frozenset[str], n_defense: int
     return free
 
 
+def preset_key(preset: CollapseConfig) -> dict[str, Any]:
+    """`preset`'s settings as a stage key, without ``lora`` when it is off: full fine-tuning keeps
+    the key it had before LoRA was an option, so saved stages are still reused."""
+    key = asdict(preset)
+    return key if preset.lora is not None else {k: v for k, v in key.items() if k != "lora"}
+
+
 def collapse_stages(
     stages: Stages, chat: ChatModel, attack: Attack, test: TestSet, prompts: list[str], answers: list[list[int]],
     collapse: CollapseConfig, key: dict[str, Any], label: str, progress: bool, log, layer: int | None = None,
@@ -209,7 +222,7 @@ def collapse_stages(
     log(f"[{attack.name}] {label} stage 1: inject known triggers")
     rows1 = known_trigger_rows(chat.tokenizer, prompts, answers, collapse)
     out["stage1_facts"] = trained(stages, f"{label}_stage1", key, model, rows1[0], collapse.inject, progress, rows1[1],
-                                  stage_one_extra_loss(model, *rows1, collapse), f"[{attack.name}] {label} stage 1")
+                                  stage_one_extra_loss(model, *rows1, collapse), f"[{attack.name}] {label} stage 1", collapse.lora)
     if layer is not None:
         facts = key | {"facts": out["stage1_facts"]}
         out["stage1"] = stages.run(f"{label}_stage1_measures", facts,
@@ -220,7 +233,7 @@ def collapse_stages(
     rows2 = recovery_rows(chat.tokenizer, prompts, answers, collapse)
     out["stage2_facts"] = trained(stages, f"{label}_stage2", key | {"stage1": out["stage1_facts"]}, model, rows2[0],
                                   collapse.recover, progress, rows2[1], recovery_extra_loss(teacher, *rows2, collapse),
-                                  f"[{attack.name}] {label} stage 2")
+                                  f"[{attack.name}] {label} stage 2", collapse.lora)
     out["measures"] = stages.run(f"{label}_measures", key | {"facts": out["stage2_facts"]},
                                  lambda: measure(chat, attack, test, defender_target=collapse.target))
     out["steps"] = training_steps(len(rows1[0]), collapse.inject) + training_steps(len(rows2[0]), collapse.recover)
@@ -273,7 +286,7 @@ def run_attack(
     for label, preset, at in presets:
         with restored(model):
             runs[label] = collapse_stages(stages, chat, attack, test, defender_prompts, defender_answers, preset,
-                                          defense_key | {"collapse": asdict(preset)}, label, progress, log, at)
+                                          defense_key | {"collapse": preset_key(preset)}, label, progress, log, at)
         measures[label] = runs[label]["measures"]
     measures["stage1"] = runs["collapse"]["stage1"]
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from jaxtyping import Int
 
-from ...lm.training import ExtraLoss, TrainConfig, train, trainable_names
+from ...lm.lora import LoraConfig, train_weights
+from ...lm.training import ExtraLoss, TrainConfig
 from ...models.protocol import HookedModel
 from ...models.storage import load_model, save_model, saved_completely
 from ...util.hashing import fingerprint, tensor_digest
@@ -190,17 +192,20 @@ def trained(
     loss_mask: Int[torch.Tensor, "batch pos"] | None = None,
     extra_loss: ExtraLoss | None = None,
     desc: str | None = None,
+    lora: LoraConfig | None = None,
 ) -> dict[str, Any]:
-    """:func:`~backdoor_lens.lm.training.train` `model` in place on `tokens` and keep what it updated as
-    stage `name`, or reuse weights saved under the same `key`, tokens and `config`. `model` must
-    hold the weights training starts from, and `key` should name them. Returns the run's facts."""
+    """:func:`~backdoor_lens.lm.lora.train_weights` `model` in place on `tokens` (through `lora`
+    adapters when given) and keep what it updated as stage `name`, or reuse weights saved under the
+    same `key`, tokens, `config` and `lora`. `model` must hold the weights training starts from, and
+    `key` should name them. Returns the run's facts."""
 
     def compute() -> tuple[dict[str, Any], list[str]]:
         start = time.perf_counter()
-        history = train(model, tokens, config, desc=desc or name, progress=progress, loss_mask=loss_mask, extra_loss=extra_loss)
-        return train_facts(history, len(tokens), config, time.perf_counter() - start), trainable_names(model, config.freeze)
+        history, changed = train_weights(model, tokens, config, lora, desc=desc or name, progress=progress,
+                                         loss_mask=loss_mask, extra_loss=extra_loss)
+        return train_facts(history, len(tokens), config, time.perf_counter() - start), changed
 
-    inputs = {**key, "data": tensor_digest(tokens), "train": config.to_dict()}
+    inputs = {**key, "data": tensor_digest(tokens), "train": config.to_dict()} | ({} if lora is None else {"lora": asdict(lora)})
     return stages.weights(name, inputs, model, compute)
 
 
