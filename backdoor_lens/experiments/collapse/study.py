@@ -109,8 +109,9 @@ IMPROVEMENTS: tuple[str, ...] = ("varied_triggers",)
 report of ``make collapse MODEL=toy CANDIDATES=all``, "What closes the gap", snapshot
 ``docs/snapshots/collapse-toy-candidates``): each change whose paired ASR change is "lower" while
 its clean-accuracy change is not. On the toy grid (seed 0) only the ten varied known triggers passed;
-the aggregation loss and twice the epochs lowered ASR less and cost clean accuracy, and the KL term
-raised ASR."""
+the aggregation loss and twice the epochs lowered ASR less and cost clean accuracy, the KL term
+raised ASR, and three times the learning rate and LoRA both removed the backdoors at a large clean
+cost (about 3 and 12 points of the toy's clean accuracy)."""
 
 
 @dataclass(frozen=True)
