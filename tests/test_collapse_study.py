@@ -141,6 +141,12 @@ def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp
     assert len(seen["config"].plant.attacks) == 5
     study.main(["--quick", "--out", str(tmp_path)])
     assert seen["config"].defense.aggregation_weight == 0 and len(seen["config"].plant.attacks) == 2
+    study.main(["--attacks", "vpi,badnet", "--out", str(tmp_path)])
+    assert [a.name for a in seen["config"].plant.attacks] == ["vpi", "badnet"]
     with pytest.raises(SystemExit, match="aggregation-weight: -1.0 is out of range") as stop:
         study.main(["--aggregation-weight", "-1"])
     assert stop.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(SystemExit, match="attacks='nope' is not valid; choose one of: 'badnet'"):
+        study.main(["--attacks", "nope"])
+    with pytest.raises(SystemExit, match="names an attack twice"):
+        study.main(["--attacks", "vpi,vpi"])

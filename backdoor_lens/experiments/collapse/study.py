@@ -432,6 +432,18 @@ def run(
     return latest  # published after the last attack of the last seed
 
 
+def only_attacks(config: CollapseStudyConfig, names: Sequence[str]) -> CollapseStudyConfig:
+    """`config` with only the attacks called `names`, in that order (all of them when `names` is empty)."""
+    if not names:
+        return config
+    known = {a.name: a for a in config.plant.attacks}
+    for name in names:
+        check_choice("attacks", name, known)
+    if len(set(names)) < len(names):
+        raise ValueError(f"attacks={','.join(names)} names an attack twice")
+    return replace(config, plant=replace(config.plant, attacks=tuple(known[n] for n in names)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line of ``make collapse`` (see :func:`~backdoor_lens.experiments.collapse.cli.parser`):
     run the grid and write its report."""
@@ -442,5 +454,6 @@ def main(argv: list[str] | None = None) -> None:
     candidates = tuple(CANDIDATES) if args.candidates == ("all",) else args.candidates
     config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight),
                                           candidates=candidates))
+    config = parser.check(lambda: only_attacks(config, args.attacks))
     with parser.check(FolderLock(args.out).acquire):
         run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log(), planted_cache=args.planted_cache)
