@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -64,7 +63,7 @@ from backdoor_lens.models.bridge import to_bridge  # noqa: E402
 from backdoor_lens.models.pretrained import load_hf_model, to_hooked_transformer  # noqa: E402
 from backdoor_lens.util.io import write_json  # noqa: E402
 from backdoor_lens.util.reproducibility import provenance  # noqa: E402
-from resident_memory import peak_during, rss  # noqa: E402  (beside this script)
+from resident_memory import MEASURING_ALLOCATOR, fresh_process_result, peak_during, rss  # noqa: E402  (beside this script)
 
 
 def batches(tokenizer, n_prompts: int) -> tuple[TargetBatch, TargetBatch]:
@@ -141,6 +140,7 @@ def timings(args: argparse.Namespace) -> tuple[dict, dict]:
     cfg = models["bridge"].cfg
     setup = {"model": args.model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
              "n_prompts": len(clean), "tokens": list(clean.tokens.shape), "threads": args.threads,
+             "memory_allocator": MEASURING_ALLOCATOR,
              "repeats": args.repeats, "load_and_convert_seconds": load_seconds, "device": str(cfg.device)}
     agreement = {r: float((outputs[(r, "hooked")] - outputs[(r, "bridge")]).abs().max()) for r in args.routes}
     return {key: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)} for key, t in times.items()}, {
@@ -153,8 +153,7 @@ def main(args: argparse.Namespace) -> None:
     for (name, backend), t in results.items():
         command = [sys.executable, __file__, "--memory-of", backend, name, "--model", args.model,
                    "--threads", str(args.threads), "--prompts", str(args.prompts)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        rows.append({"route": name, "backend": backend, **t, **json.loads(done.stdout.strip().splitlines()[-1])})
+        rows.append({"route": name, "backend": backend, **t, **json.loads(fresh_process_result(command))})
     report = {"setup": setup, "results": rows, "provenance": provenance(setup["device"])}
     write_json(args.out, report)
     print(json.dumps(setup))

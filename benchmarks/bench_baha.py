@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -78,7 +77,7 @@ from backdoor_lens.models.pretrained import load_pretrained  # noqa: E402
 from backdoor_lens.util.io import write_json  # noqa: E402
 from backdoor_lens.util.reproducibility import provenance  # noqa: E402
 from interleaved import timed  # noqa: E402  (beside this script)
-from resident_memory import peak_during, rss  # noqa: E402
+from resident_memory import MEASURING_ALLOCATOR, fresh_process_result, peak_during, rss  # noqa: E402
 
 ROUTES = ("reference loop (ours)", "transformer_lens.patching", "fast exact (ours)", "attribution (ours)")
 
@@ -171,9 +170,8 @@ def build_case(case: dict) -> tuple[HookedTransformer, TargetBatch, TargetBatch]
 def peak_memory(case: dict, route: str, threads: int) -> float:
     """Peak memory of one route above its process's memory after setup, in MiB: the route runs once in
     a fresh subprocess (peak RSS on CPU, the allocator's peak on CUDA)."""
-    out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--memory-case",
-                          json.dumps({"case": case, "route": route})], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(fresh_process_result([sys.executable, __file__, "--threads", str(threads), "--memory-case",
+                                       json.dumps({"case": case, "route": route})]))
 
 
 def memory_child(spec: str) -> None:
@@ -257,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
         memory_child(args.memory_case)
         return
     device = resolve_device(args.device)
-    summary: dict = {"threads": torch.get_num_threads(), "cases": {}, "provenance": provenance(device)}
+    summary: dict = {"threads": torch.get_num_threads(), "memory_allocator": MEASURING_ALLOCATOR, "cases": {},
+                     "provenance": provenance(device)}
     cases = {}
     for name in args.models:
         if name == "toy":

@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 
 from backdoor_lens.experiments.common.cli import DEFAULT_THREADS, SMOLLM2, Parser, count, model_source, output_file
@@ -56,7 +55,7 @@ from backdoor_lens.models.backends import CHAT_TOY, load_chat_model  # noqa: E40
 from backdoor_lens.util.io import write_json  # noqa: E402
 from backdoor_lens.util.reproducibility import provenance  # noqa: E402
 from interleaved import timed  # noqa: E402  (beside this script)
-from resident_memory import peak_during, rss  # noqa: E402
+from resident_memory import MEASURING_ALLOCATOR, fresh_process_result, peak_during, rss  # noqa: E402
 
 STEP = TrainConfig(epochs=1, lr=1e-4, batch_size=8, freeze=("embed", "unembed"))
 """One optimiser step over the batch, as the chat studies fine-tune (embeddings frozen)."""
@@ -106,9 +105,7 @@ def memory_of(spec: str, args) -> None:
 
 def peak_memory(layout: str, name: str, argv: list[str]) -> float:
     """Peak memory (MiB) of one route, run in a fresh subprocess."""
-    out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", json.dumps([layout, name])],
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(fresh_process_result([sys.executable, __file__, *argv, "--memory-of", json.dumps([layout, name])]))
 
 
 def same(a, b) -> bool:
@@ -144,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                         "speedup": base["median_s"] / r["median_s"], "bitwise_equal": same(base["result"], r["result"]),
                         "peak_mib": peak_memory(layout, t, child_argv)})
     setup_facts = {"model": args.model, "prompts": len(prompts), "new_tokens": args.new_tokens, "train_rows": len(rows[0]),
-                   "repeats": args.repeats, "threads": torch.get_num_threads()}
+                   "repeats": args.repeats, "threads": torch.get_num_threads(),
+                   "memory_allocator": MEASURING_ALLOCATOR}
     summary = {"setup": setup_facts, "results": results, "provenance": provenance("cpu")}
     write_json(args.out, summary)
     print(f"{json.dumps(setup_facts)}\n{markdown(results)}", flush=True)
