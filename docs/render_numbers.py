@@ -6,7 +6,7 @@ A number in prose is written as a marker pair around its rendered text::
 
 ``toy`` names ``docs/snapshots/toy/summary.json``; the path that follows walks it, ``/`` between keys
 (list indices are numbers). An optional ``| format`` picks the rendering: ``ci`` (the default: value
-and 95% interval), ``value``, ``pct`` (value in percent), ``pct-ci``, ``int``, ``s`` (seconds as
+and 95% interval), ``value``, ``pct`` (value in percent), ``pct-ci``, ``int``, ``sci`` (scientific notation, e.g. 1.1e-10), ``s`` (seconds as
 minutes), ``n`` (how many items a list holds, e.g. the seeds), ``text``. ``make docs-results`` rewrites the text between the markers; a test renders the
 files and fails when any differs from what is committed, so no figure is typed by hand.
 """
@@ -65,6 +65,8 @@ def render(value: Any, form: str | None) -> str:
         return str(len(value))
     if form == "int":
         return f"{round(point):,}"
+    if form == "sci":
+        return f"{point:.1e}"
     if form == "s":
         return f"{point / 60:.0f} min" if point >= 90 else f"{point:.0f} s"
     if form in ("pct", "pct-ci"):
@@ -74,7 +76,7 @@ def render(value: Any, form: str | None) -> str:
         return f"{point:.2f}" if isinstance(point, float) else str(point)
     if form == "ci":
         return f"{value['value']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
-    raise ValueError(f"format {form!r} is not valid; use ci, value, pct, pct-ci, int, s, n or text")
+    raise ValueError(f"format {form!r} is not valid; use ci, value, pct, pct-ci, int, sci, s, n or text")
 
 
 def fill(text: str) -> str:

@@ -95,6 +95,7 @@ CANDIDATES: dict[str, Callable[[CollapseConfig], CollapseConfig]] = {
     "varied_triggers": lambda c: replace(c, known_triggers=VARIED_KNOWN_TRIGGERS),
     "longer": lambda c: replace(c, inject=replace(c.inject, epochs=2 * c.inject.epochs),
                                 recover=replace(c.recover, epochs=2 * c.recover.epochs)),
+    "double_lr": lambda c: replace(c, inject=replace(c.inject, lr=2 * c.inject.lr), recover=replace(c.recover, lr=2 * c.recover.lr)),
     "higher_lr": lambda c: replace(c, inject=replace(c.inject, lr=3 * c.inject.lr), recover=replace(c.recover, lr=3 * c.recover.lr)),
     "lora": lambda c: replace(c, lora=LoraConfig(rank=16, alpha=32.0), inject=replace(c.inject, lr=10 * c.inject.lr),
                               recover=replace(c.recover, lr=10 * c.recover.lr)),
@@ -102,7 +103,7 @@ CANDIDATES: dict[str, Callable[[CollapseConfig], CollapseConfig]] = {
 """Single changes to the faithful Collapse, each measured as its own column (``--candidates``) to find
 what closes the gap to the paper: a KL term to the suspect model's own outputs during recovery, stage
 1's aggregation loss, ten varied known triggers instead of three, twice the epochs in both stages,
-three times the learning rate, and LoRA (rank 16 on every projection, as BkdAttr plants) instead of
+twice and three times the learning rate (the step size trades ASR against clean cost), and LoRA (rank 16 on every projection, as BkdAttr plants) instead of
 full fine-tuning, at ten times the learning rate, the usual ratio for adapters whose update starts at zero."""
 IMPROVEMENTS: tuple[str, ...] = ("varied_triggers",)
 """The candidates the improved preset combines, chosen from the toy grid's candidate columns (the
