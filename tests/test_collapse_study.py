@@ -78,6 +78,10 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     assert set(changes) == {"collapse_improved", "candidate_kl", "candidate_lora"}
     assert -1 <= changes["candidate_kl"]["asr"]["low"] <= changes["candidate_kl"]["asr"]["high"] <= 1
     assert changes["collapse_improved"]["asr"]["value"] == 0  # improved = faithful here: the same model, no change
+    costs = summary["clean_costs"]
+    assert costs["collapse_improved"] == costs["collapse"]  # improved = faithful here
+    assert costs["cleangen"]["measure"] == "reply_agreement" and costs["clean_ft"]["measure"] == "clean_accuracy_per_prompt"
+    assert costs["int4"]["low"] <= costs["int4"]["value"] <= costs["int4"]["high"]
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Attack success after each defense", "## Clean behaviour and the aim", "## What each stage",
                     "## What closes the gap", "Collapse + kl",
@@ -100,6 +104,23 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     for attack in seed_summary["attacks"].values():
         assert {"backdoored", "backdoored_measures", "collapse_stage1", "collapse_measures", "clean_ft_measures",
                 "cleangen_measures", "baha_heads", "candidate_lora_stage2"} <= set(attack["stages_reused"])
+
+
+def test_clean_cost_is_paired_over_prompts_and_reads_replies_for_decoding_defenses():
+    from backdoor_lens.eval.intervals import measured
+    from backdoor_lens.experiments.collapse.study import clean_costs
+
+    def state(accuracy, agreement):
+        return {"clean_accuracy_per_prompt": measured(accuracy), "reply_agreement": measured(agreement)}
+
+    hard_and_easy = [0.1, 0.9] * 20
+    per_seed = [{"backdoored": state(hard_and_easy, [0.5] * 40),
+                 "clean_ft": state([a - 0.01 for a in hard_and_easy], [0.5] * 40),
+                 "cleangen": state(hard_and_easy, [0.4] * 40)}]
+    costs = clean_costs(per_seed)
+    # every prompt lost one point: paired, that is exactly 1 point although the prompts' spread is 80
+    assert costs["clean_ft"]["low"] == pytest.approx(0.01) and costs["clean_ft"]["high"] == pytest.approx(0.01)
+    assert costs["cleangen"]["measure"] == "reply_agreement" and costs["cleangen"]["value"] == pytest.approx(0.1)
 
 
 def test_defender_prompts_are_disjoint_from_the_attackers_and_the_evaluations():

@@ -23,6 +23,9 @@ TRIGGER_AGNOSTIC = ("clean_ft", "fine_pruning", "crow", "beear", "int8", "int4",
 """Grid columns besides Collapse, in report order; all see only the defender's clean prompts."""
 TRAINED = ("clean_ft", "fine_pruning", "crow", "beear")
 """The columns that train, each for Collapse's number of optimiser steps."""
+DECODING = ("temperature", "cleangen")
+"""The columns that change decoding only: their logits are the suspect model's, so teacher-forced
+clean accuracy cannot see them, and their clean cost is read from the replies they generate."""
 
 
 @dataclass(frozen=True)

@@ -61,11 +61,10 @@ def _accuracy(measures: dict[str, Any]) -> Estimate:
 
 
 def cost(summary: dict[str, Any], state: str) -> Estimate:
-    """The drop in average clean accuracy (points) from the undefended model: the state's interval,
-    shifted by the undefended point value."""
-    base, after = _accuracy(summary["average"]["backdoored"]), _accuracy(summary["average"][state])
-    return Estimate(base.value - after.value, base.value - after.high, base.value - after.low, after.method,
-                    after.n_seeds, after.n, ())
+    """`state`'s clean cost in points: the paired drop from the undefended model (see
+    :func:`~backdoor_lens.experiments.collapse.study.clean_costs`)."""
+    e = estimate_of({k: v for k, v in summary["clean_costs"][state].items() if k != "measure"})
+    return Estimate(100 * e.value, 100 * e.low, 100 * e.high, e.method, e.n_seeds, e.n, tuple(100 * v for v in e.per_seed))
 
 
 def aim_verdict(summary: dict[str, Any], state: str) -> str:
@@ -120,9 +119,11 @@ def clean_section(summary: dict[str, Any]) -> str:
         "## Clean behaviour and the aim",
         "",
         "Clean accuracy: the share (%) of the base model's own generated answer tokens, on held-out clean prompts, that "
-        "the model ranks first (teacher-forced; the base model scores 100). Cost: its drop from the undefended model, in "
-        "points. Reply agreement: the share of the answers' first 16 tokens that the state's own replies repeat "
-        "(generation, so decoding defenses pay here for what they change). Perplexity: on held-out BBC News sentences "
+        "the model ranks first (teacher-forced; the base model scores 100). Reply agreement: the share of the answers' "
+        "first 16 tokens that the state's own replies repeat (generation, so decoding defenses pay here for what they "
+        "change). Cost: the drop in clean accuracy from the undefended model, in points, paired over the same prompts; "
+        "for the decoding defenses (temperature, CleanGen), whose logits are the undefended model's, the drop in reply "
+        "agreement, in points. Perplexity: on held-out BBC News sentences "
         f"(decoding defenses do not change it). Aim: average ASR ≤ {100 * AIM_ASR:.0f}% at a cost ≤ {AIM_COST:g} point, "
         "read from the intervals.",
         "",

@@ -64,7 +64,7 @@ from ..common.stages import Stages, timed_log, trained
 from ..common.timing import Phases, compute_profile
 from . import cli as collapse_cli
 from . import report as collapse_report
-from .defenses import TRAINED, TRIGGER_AGNOSTIC, DefenseSettings, build_defense
+from .defenses import DECODING, TRAINED, TRIGGER_AGNOSTIC, DefenseSettings, build_defense
 from .measures import (
     TestSet,
     aggregation_groups,
@@ -342,6 +342,19 @@ def collapse_changes(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]
                 for k in ("asr", "asr_keyword", "clean_accuracy_per_prompt")} for v in variants if "collapse" in per_seed[0]}
 
 
+def clean_costs(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each state's clean cost: the undefended model's per-prompt clean accuracy minus the state's,
+    paired over the same prompts of every attack and seed (so the prompts' own difficulty cancels).
+    A decoding defense's logits are the undefended model's, so its cost is the drop in reply
+    agreement instead, the clean measure that reads what it generates. Fractions, not points."""
+    def measure(state: str) -> str:
+        return "reply_agreement" if state in DECODING else "clean_accuracy_per_prompt"
+
+    return {s: paired_difference([a["backdoored"][measure(s)]["outcomes"] for a in per_seed],
+                                 [a[s][measure(s)]["outcomes"] for a in per_seed]).to_dict() | {"measure": measure(s)}
+            for s in per_seed[0] if s != "backdoored"}
+
+
 RATES = ("asr", "asr_keyword", "atr", "atr_keyword", "reply_agreement", "clean_accuracy_per_prompt")
 MEANS = ("clean_nll", "clean_accuracy", "perplexity")
 
@@ -410,6 +423,7 @@ def run(
         merged = merge(trimmed)
         summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
                    "average": merged["average"], "collapse_changes": collapse_changes([t["average"] for t in trimmed]),
+                   "clean_costs": clean_costs([t["average"] for t in trimmed]),
                    "compute": compute_profile((a.get("compute_seconds", {}) for t in trimmed for a in t["attacks"].values()),
                                               stage_column),
                    "paper": PAPER,
