@@ -105,6 +105,13 @@ def asr_section(summary: dict[str, Any]) -> str:
     ])
 
 
+CLEANGEN_NOTE = ("CleanGen decodes against a reference model, here the base model before the attack (the study has it; "
+                 "a defender handed only the suspect model may not). Whenever the suspect model favours a token far more than "
+                 "the reference does, CleanGen emits the reference's token instead, so a reply agreement near 1 means it "
+                 "answered as the clean base model would: its cost can be negative, and its aim verdict holds only for a "
+                 "defender who has that model.")
+
+
 def clean_section(summary: dict[str, Any]) -> str:
     """Clean accuracy, its change, reply agreement and perplexity per defense, and the aim's verdict."""
     rows = []
@@ -131,6 +138,7 @@ def clean_section(summary: dict[str, Any]) -> str:
         "",
         f"Trigger-agnostic defenses that meet the aim: {', '.join(meets) or 'none'}. Paper: Backdoor Collapse keeps clean "
         f"accuracy within {tolerance:g} points; ours after the faithful reconstruction costs {fmt(drop)} points.",
+        *(["", CLEANGEN_NOTE] if "cleangen" in summary["average"] else []),
         "",
         "![ASR against clean cost per defense](pareto.png)",
     ])
