@@ -113,7 +113,7 @@ docs: $(DOCS_STAMP)
 	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 # Copy results/<name>/report.md and its figures into docs/snapshots/ (committed; results/ is not).
-DOC_RESULTS ?= toy toy-quick toy-paper-quick smollm smollm-toy smollm-toy-bridge gpt2m-quick collapse collapse-toy collapse-toy-candidates
+DOC_RESULTS ?= toy toy-quick toy-paper-quick smollm smollm-toy smollm-toy-bridge gpt2m-quick collapse collapse-toy collapse-toy-candidates collapse-toy-lr
 docs-results:
 	$(PYTHON) docs/snapshot_results.py $(DOC_RESULTS)
 
