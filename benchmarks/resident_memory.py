@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 MEASURING_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
 """glibc settings for the measuring process: every allocation above 64 KiB (every tensor that matters)
 gets its own mapping, unmapped when freed, and the heap keeps no slack. Without them the peak depends on
-what the caller's environment set: with a large mmap threshold or trim threshold the allocator reuses
-memory freed during setup, and a route that allocates gigabytes read as 1 MiB."""
+what the caller's environment set: under a large trim threshold the allocator reuses memory freed during
+setup (a warm-up, BAHA's head means), and SmolLM2 routes that need hundreds of MiB read about 1 MiB."""
 
 
 def rss() -> int:

@@ -6,8 +6,9 @@ A number in prose is written as a marker pair around its rendered text::
 
 ``toy`` names ``docs/snapshots/toy/summary.json``; the path that follows walks it, ``/`` between keys
 (list indices are numbers). An optional ``| format`` picks the rendering: ``ci`` (the default: value
-and 95% interval), ``value``, ``pct`` (value in percent), ``pct-ci``, ``int``, ``sci`` (scientific notation, e.g. 1.1e-10), ``s`` (seconds as
-minutes), ``n`` (how many items a list holds, e.g. the seeds), ``text``. ``make docs-results`` rewrites the text between the markers; a test renders the
+and 95% interval), ``value``, ``pct`` (value in percent), ``pct-ci``, ``int``, ``sci`` (scientific
+notation, e.g. 1.1e-10), ``s`` (seconds as minutes), ``n`` (how many items a list holds, e.g. the
+seeds), ``text``. ``make docs-results`` rewrites the text between the markers; a test renders the
 files and fails when any differs from what is committed, so no figure is typed by hand.
 """
 

@@ -54,17 +54,21 @@ def _label(state: str) -> str:
     return LABELS.get(state) or f"Collapse + {state.removeprefix('candidate_').replace('_', ' ')}"
 
 
+def _points(share: Any) -> Estimate:
+    """A stored estimate of a share (0-1) as an estimate in points (%)."""
+    e = estimate_of(share)
+    return Estimate(100 * e.value, 100 * e.low, 100 * e.high, e.method, e.n_seeds, e.n, tuple(100 * v for v in e.per_seed))
+
+
 def _accuracy(measures: dict[str, Any]) -> Estimate:
     """Clean accuracy as an estimate in points (the per-prompt shares, scaled to %)."""
-    e = estimate_of(measures["clean_accuracy_per_prompt"])
-    return Estimate(100 * e.value, 100 * e.low, 100 * e.high, e.method, e.n_seeds, e.n, tuple(100 * v for v in e.per_seed))
+    return _points(measures["clean_accuracy_per_prompt"])
 
 
 def cost(summary: dict[str, Any], state: str) -> Estimate:
     """`state`'s clean cost in points: the paired drop from the undefended model (see
     :func:`~backdoor_lens.experiments.collapse.study.clean_costs`)."""
-    e = estimate_of({k: v for k, v in summary["clean_costs"][state].items() if k != "measure"})
-    return Estimate(100 * e.value, 100 * e.low, 100 * e.high, e.method, e.n_seeds, e.n, tuple(100 * v for v in e.per_seed))
+    return _points({k: v for k, v in summary["clean_costs"][state].items() if k != "measure"})
 
 
 def aim_verdict(summary: dict[str, Any], state: str) -> str:

@@ -103,8 +103,9 @@ CANDIDATES: dict[str, Callable[[CollapseConfig], CollapseConfig]] = {
 """Single changes to the faithful Collapse, each measured as its own column (``--candidates``) to find
 what closes the gap to the paper: a KL term to the suspect model's own outputs during recovery, stage
 1's aggregation loss, ten varied known triggers instead of three, twice the epochs in both stages,
-twice and three times the learning rate (the step size trades ASR against clean cost), and LoRA (rank 16 on every projection, as BkdAttr plants) instead of
-full fine-tuning, at ten times the learning rate, the usual ratio for adapters whose update starts at zero."""
+twice and three times the learning rate (the step size trades ASR against clean cost), and LoRA
+(rank 16 on every projection, as BkdAttr plants) instead of full fine-tuning, at ten times the
+learning rate, the usual ratio for adapters whose update starts at zero."""
 IMPROVEMENTS: tuple[str, ...] = ("varied_triggers",)
 """The candidates the improved preset combines, chosen from the toy grid's candidate columns (the
 report of ``make collapse MODEL=toy CANDIDATES=all``, "What closes the gap", snapshot
