@@ -14,8 +14,6 @@ Your own model goes in the same place: ``model, tokenizer = bl.load_pretrained("
 (the packaged SmolLM2).
 """
 
-import random
-
 import pandas as pd
 import torch
 
