@@ -28,6 +28,7 @@ from backdoor_lens.experiments.collapse.study import (
     run,
 )
 from backdoor_lens.experiments.common.chat_study import PlantConfig
+from backdoor_lens.experiments.common.stages import carry_stages
 from backdoor_lens.lm.training import TrainConfig
 from backdoor_lens.models.pretrained import load_packaged_tokenizer
 
@@ -97,13 +98,24 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # base weights restored
 
     resumed = run(config, tmp_path, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
-    assert resumed["attacks"] == summary["attacks"] or all(
-        resumed["attacks"][n]["measures"] == summary["attacks"][n]["measures"] for n in summary["attacks"])
+    assert resumed["attacks"] == summary["attacks"]  # each attack reused whole
     assert resumed["compute"] == summary["compute"]  # a resumed run reports what the stages cost when computed
-    seed_summary = json.loads((tmp_path / "seed-0" / "summary.json").read_text())
-    for attack in seed_summary["attacks"].values():
-        assert {"backdoored", "backdoored_measures", "collapse_stage1", "collapse_measures", "clean_ft_measures",
-                "cleangen_measures", "baha_heads", "candidate_lora_stage2"} <= set(attack["stages_reused"])
+
+    # Another machine: only the JSON results travel (no weights); without the whole-attack results, each
+    # attack is planted again (bit for bit the same weights, so the same digest) and every column is reused.
+    elsewhere = tmp_path / "elsewhere"
+    carry_stages(tmp_path, elsewhere, log=lambda m: None)
+    assert not list(elsewhere.rglob("*.safetensors")) and not (elsewhere / "seed-0" / "summary.json").exists()
+    for name in summary["attacks"]:
+        (elsewhere / "seed-0" / name / "attack.json").unlink()
+    carried = run(config, elsewhere, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
+    assert carried["average"] == summary["average"]
+    seed_summary = json.loads((elsewhere / "seed-0" / "summary.json").read_text())
+    for name, attack in seed_summary["attacks"].items():
+        assert {"backdoored_measures", "defender_answers", "collapse_column", "collapse_improved_column",
+                "candidate_lora_column", "clean_ft_measures", "cleangen_measures", "baha_heads"} <= set(attack["stages_reused"])
+        assert (elsewhere / "seed-0" / name / "backdoored.safetensors").exists()  # planted again
+        assert not (elsewhere / "seed-0" / name / "collapse_stage1.safetensors").exists()  # not trained again
 
 
 def test_clean_cost_is_paired_over_prompts_and_reads_replies_for_decoding_defenses():

