@@ -3,7 +3,9 @@
 PNGs beside it become ``docs/snapshots/NAME/`` (committed, since results/ is not); the benchmark's
 ``results/bench/NAME.json`` becomes ``docs/snapshots/bench-NAME/summary.json``. Then the numbers in README.md and the docs
 are rendered from the snapshots (:mod:`render_numbers`). Run by ``make docs-results``; a name without
-a report keeps its current snapshot."""
+a report keeps its current snapshot. With ``--stages``, a study's saved stage results (keyed JSON,
+never weights) are kept too, in ``docs/snapshots/NAME/stages``, for a study that spans machines to
+resume from (``make collapse STAGES_FROM=docs/snapshots/collapse/stages``)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 def snapshot(results: Path, snapshots: Path, name: str) -> bool:
     """Replace snapshots/name with results/name's report.md, the images it shows and the PNGs beside
-    it; False without a report."""
+    it (its ``stages/`` stay); False without a report."""
     report = results / name / "report.md"
     if not report.is_file():
         return False
     target = snapshots / name
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+    for old in target.glob("*"):
+        if old.name != "stages":
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    target.mkdir(parents=True, exist_ok=True)
     text = report.read_text(encoding="utf-8")
     (target / "report.md").write_text(text, encoding="utf-8")
     if (results / name / "summary.json").is_file():
@@ -39,15 +43,29 @@ def snapshot(results: Path, snapshots: Path, name: str) -> bool:
     return True
 
 
+def keep_stages(results: Path, snapshots: Path, name: str) -> int:
+    """Add results/name's saved stage results (keyed JSON, no weights) to snapshots/name/stages,
+    replacing those of the same name, so a study that spans machines resumes from the snapshot
+    (``--stages-from docs/snapshots/NAME/stages``). Earlier stages the results lack are kept."""
+    from backdoor_lens.experiments.common.stages import carry_stages
+
+    return carry_stages(results / name, snapshots / name / "stages", log=lambda m: None, replace=True)
+
+
 def main() -> None:
     """Snapshot each name given on the command line (default: every results/* with a report)."""
     root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help="results folders, e.g. toy smollm gpt2m-quick collapse")
-    names = parser.parse_args().names or sorted(p.parent.name for p in (root / "results").glob("*/report.md"))
+    parser.add_argument("--stages", action="store_true",
+                        help="also keep each study's saved stage results (JSON) in docs/snapshots/NAME/stages")
+    args = parser.parse_args()
+    names = args.names or sorted(p.parent.name for p in (root / "results").glob("*/report.md"))
     for name in names:
         done = snapshot(root / "results", root / "docs" / "snapshots", name)
         print(f"{name}: {'snapshot updated' if done else 'no results/' + name + '/report.md, snapshot kept'}")
+        if args.stages and (root / "results" / name).is_dir():
+            print(f"{name}: {keep_stages(root / 'results', root / 'docs' / 'snapshots', name)} saved stages kept")
     for bench in sorted((root / "results" / "bench").glob("*.json")):
         target = root / "docs" / "snapshots" / f"bench-{bench.stem}"
         target.mkdir(parents=True, exist_ok=True)

@@ -183,3 +183,5 @@ def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp
         study.main(["--attacks", "nope"])
     with pytest.raises(SystemExit, match="names an attack twice"):
         study.main(["--attacks", "vpi,vpi"])
+    with pytest.raises(SystemExit, match="stages-from: '.*nowhere' is not an existing folder"):
+        study.main(["--stages-from", str(tmp_path / "nowhere"), "--out", str(tmp_path)])

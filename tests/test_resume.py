@@ -22,7 +22,7 @@ import torch
 
 from backdoor_lens.analysis.tune import TuneConfig, tune_scales
 from backdoor_lens.experiments.common.seeds import comparable
-from backdoor_lens.experiments.common.stages import Stages
+from backdoor_lens.experiments.common.stages import Stages, carry_stages, without_timing
 from backdoor_lens.experiments.common.timing import compute_profile
 from backdoor_lens.models.storage import save_model
 from backdoor_lens.models.toy import build_model, sentiment_toy_config
@@ -342,3 +342,23 @@ def test_stages_keep_their_compute_seconds_across_a_resume(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"key": fingerprint({"k": 1}), "result": 3}))  # saved before timing
     assert resumed.run("old", {"k": 1}, lambda: 4) == 3 and resumed.seconds["old"] is None
     assert compute_profile([resumed.seconds], lambda name: "all")["untimed_stages"] == 1
+
+
+def test_carried_stages_are_keyed_json_only_and_never_overwrite_unless_asked(tmp_path):
+    source, folder = tmp_path / "machine-a", tmp_path / "machine-b"
+    Stages(source / "seed-0" / "vpi", log=lambda m: None).run("measures", {"a": 1}, lambda: {"asr": 0.5})
+    save_tensors(source / "seed-0" / "vpi" / "backdoored.safetensors", {"w": torch.zeros(2)}, {"key": "k"})
+    write_json(source / "seed-0" / "summary.json", {"attacks": {}})
+    write_json(source / "notes.json", {"not": "a stage"})
+    assert carry_stages(source, folder, log=lambda m: None) == 1
+    assert [p.relative_to(folder).as_posix() for p in folder.rglob("*.*")] == ["seed-0/vpi/measures.json"]
+    reused = Stages(folder / "seed-0" / "vpi", log=lambda m: None)
+    assert reused.run("measures", {"a": 1}, lambda: pytest.fail("recomputed")) == {"asr": 0.5}
+    Stages(source / "seed-0" / "vpi", log=lambda m: None).run("measures", {"a": 2}, lambda: {"asr": 0.0})
+    assert carry_stages(source, folder, log=lambda m: None) == 0  # the folder's own result is kept
+    assert carry_stages(source, folder, log=lambda m: None, replace=True) == 1
+    assert reused.run("measures", {"a": 2}, lambda: pytest.fail("recomputed")) == {"asr": 0.0}
+    with pytest.raises(FileNotFoundError, match="stages_from='.*nowhere' is not a folder"):
+        carry_stages(tmp_path / "nowhere", folder)
+    assert without_timing({"seconds": 3.1, "loss": 0.2, "stage1": {"seconds": 1, "steps": 4}}) == {
+        "loss": 0.2, "stage1": {"steps": 4}}

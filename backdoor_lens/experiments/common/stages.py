@@ -234,18 +234,19 @@ def without_timing(facts: Any) -> Any:
     return facts
 
 
-def carry_stages(source: str | Path, folder: str | Path, log: Callable[[str], None] = print) -> int:
+def carry_stages(source: str | Path, folder: str | Path, log: Callable[[str], None] = print, replace: bool = False) -> int:
     """Copy the JSON results under `source` (a study's folder, or the ``stages`` of its committed
-    snapshot) into `folder` where `folder` has none of that name, so a study resumes on another
-    machine from the results computed on the first. Only keyed JSON is carried, never weights: each
-    result is still reused only when its key matches. Returns the number of files copied."""
+    snapshot) into `folder` where `folder` has none of that name (or over it, with `replace`), so a
+    study resumes on another machine from the results computed on the first. Only keyed JSON is
+    carried, never weights or summaries: each result is still reused only where its key matches.
+    Returns the number of files copied."""
     source, folder = Path(source), Path(folder)
     if not source.is_dir():
         raise FileNotFoundError(f"stages_from={str(source)!r} is not a folder of saved stages")
     copied = 0
     for path in sorted(source.rglob("*.json")):
         target = folder / path.relative_to(source)
-        if path.name == "summary.json" or target.exists() or _readable_key(path) is None:
+        if path.name == "summary.json" or (target.exists() and not replace) or _readable_key(path) is None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, read_json(path))
