@@ -43,3 +43,4 @@ def test_provenance_records_commit_threads_and_versions():
     assert record["command"] == "make toy" and record["torch_threads"] == 1 and record["deterministic_algorithms"]
     assert record["versions"]["torch"] and record["versions"]["transformer-lens"].startswith("3.")
     assert record["commit"] is None or len(record["commit"]) == 40
+    assert isinstance(record["machine"]["cpu_capability"], str) and record["machine"]["cpu_capability"]  # e.g. AVX512

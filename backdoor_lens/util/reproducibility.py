@@ -7,7 +7,8 @@ another torch build or on a GPU may differ in the last bits, and chaotic trainin
 bits into visibly different models: compare such runs through their intervals, not bit for bit.
 
 :func:`provenance` records the git commit and whether the tree was dirty, the command line, the
-package versions, the thread count and the device, for every summary a study writes.
+package versions, the thread count, the device and the CPU (model and torch's SIMD code path), for
+every summary a study writes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux's /proc/cpuinfo; None elsewhere): with torch's CPU capability
+    (its SIMD code path, e.g. AVX512), what tells whether two machines can agree bit for bit."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def provenance(device: str = "cpu", argv: list[str] | None = None) -> dict[str, Any]:
     """Where a result comes from: commit, dirty tree, command line, versions, threads, device, machine."""
     status = _git("status", "--porcelain", "--untracked-files=no")
@@ -70,5 +81,6 @@ def provenance(device: str = "cpu", argv: list[str] | None = None) -> dict[str, 
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "device": device,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "cpus": os.cpu_count()},
     }

@@ -66,6 +66,12 @@ def pending_note(summary: dict[str, Any]) -> str:
             "Rerunning the same command resumes from the saved stages and completes it.")
 
 
+def machine(facts: dict[str, Any]) -> str:
+    """The machine as the footer names it: processor, CPU model and torch's SIMD path where recorded, CPUs."""
+    known = [facts.get(k) for k in ("processor", "cpu_model", "cpu_capability")]
+    return f"{', '.join(str(k) for k in known if k)} ({facts['cpus']} CPUs)"
+
+
 def provenance_footer(summary: dict[str, Any]) -> str:
     """Markdown: where the numbers come from (commit, command, seeds, threads, versions, wall time)."""
     p = summary.get("provenance")
@@ -83,7 +89,7 @@ def provenance_footer(summary: dict[str, Any]) -> str:
         f"- seeds: {', '.join(str(s) for s in summary.get('seeds', []))}; intervals are 95% (Wilson for one seed's "
         "0/1 outcomes, otherwise a bootstrap over prompts and seeds)\n"
         f"- torch threads: {p['torch_threads']}, deterministic algorithms: {p['deterministic_algorithms']}, "
-        f"device: {p['device']}, machine: {p['machine']['processor']} ({p['machine']['cpus']} CPUs)\n"
+        f"device: {p['device']}, machine: {machine(p['machine'])}\n"
         f"- versions: {versions}\n"
         f"- wall time: {summary.get('seconds', 0):.0f} s in all" + (f"; longest stages: {timing}" if timing else "")
     )
