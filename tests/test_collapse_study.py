@@ -148,11 +148,14 @@ def test_defender_prompts_are_disjoint_from_the_attackers_and_the_evaluations():
         defender_share(prompts, splits.drawn, 1000)
 
 
-def test_a_full_fine_tuning_preset_keeps_its_stage_key_from_before_lora():
+def test_a_preset_keeps_its_stage_key_from_before_later_settings():
     faithful = CollapseStudyConfig().defense
     assert "lora" not in preset_key(faithful)  # stages saved before LoRA was an option are still reused
     assert preset_key(CANDIDATES["lora"](faithful))["lora"]["rank"] == 16
-    assert preset_key(faithful) == {k: v for k, v in asdict(faithful).items() if k != "lora"}
+    assert preset_key(faithful) == {k: v for k, v in asdict(faithful).items() if k not in ("lora", "recover_frozen_share")}
+    assert preset_key(CANDIDATES["late_recovery"](faithful))["recover_frozen_share"] == 0.5
+    both = CANDIDATES["double_lr_varied"](faithful)
+    assert both.inject.lr == 2 * faithful.inject.lr and len(both.known_triggers) == 10
 
 
 def test_config_checks_the_held_out_split():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from ..data.instruct import CompositeTrigger, PrefixTrigger, Trigger, WordTrigge
 from ..lm.chat import chat_training_rows
 from ..lm.loss import counted_logits
 from ..lm.lora import LoraConfig, train_weights
-from ..lm.training import ExtraLoss, TrainConfig
+from ..lm.training import ExtraLoss, TrainConfig, freezable_modules
 from ..models.protocol import HookedModel
 from ..util.validation import check_nonempty, check_range
 
@@ -73,6 +73,10 @@ class CollapseConfig:
     lora: LoraConfig | None = None
     """Train both stages through LoRA adapters (merged into the weights after each stage) instead of
     fine-tuning the unfrozen weights directly; None: full fine-tuning."""
+    recover_frozen_share: float = 0.0
+    """Share of the blocks, from the first, that stage 2 leaves as stage 1 made them (0: none). Stage 1
+    merges the triggers' representations in those blocks; recovery then retrains only the blocks
+    above, which map the merged region to clean answers, instead of undoing the merge."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,6 +84,7 @@ class CollapseConfig:
         check_range("known_share", self.known_share, 0.0, 1.0)
         check_range("aggregation_weight", self.aggregation_weight, 0.0)
         check_range("recover_kl_weight", self.recover_kl_weight, 0.0)
+        check_range("recover_frozen_share", self.recover_frozen_share, 0.0, 1.0)
 
 
 def known_trigger_kinds(n_prompts: int, config: CollapseConfig) -> list[int]:
@@ -203,6 +208,16 @@ def recovery_extra_loss(
     return distillation_loss(teacher, tokens, mask, clean, config.recover_kl_weight)
 
 
+def recovery_training(model: HookedModel, config: CollapseConfig) -> TrainConfig:
+    """Stage 2's training settings on `model`: ``config.recover`` with the first
+    ``recover_frozen_share`` of its blocks frozen as well, and with them the embeddings below them."""
+    frozen = round(config.recover_frozen_share * model.cfg.n_layers)
+    if frozen == 0:
+        return config.recover
+    below = [name for name in ("embed", "pos_embed") if name in freezable_modules(model) and name not in config.recover.freeze]
+    return replace(config.recover, freeze=(*config.recover.freeze, *below, *(f"blocks.{layer}" for layer in range(frozen))))
+
+
 def recover(
     model: HookedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
     config: CollapseConfig, progress: bool = True, teacher: HookedModel | None = None,
@@ -210,7 +225,7 @@ def recover(
     """Stage 2: fine-tune on :func:`recovery_rows` (with the distillation term toward `teacher`, the
     suspect model before stage 1, when `config.recover_kl_weight` > 0). Returns the training history."""
     tokens, mask = recovery_rows(tokenizer, prompts, answers, config)
-    return train_weights(model, tokens, config.recover, config.lora, desc="collapse: recovery", progress=progress,
+    return train_weights(model, tokens, recovery_training(model, config), config.lora, desc="collapse: recovery", progress=progress,
                          loss_mask=mask, extra_loss=recovery_extra_loss(teacher, tokens, mask, config))[0]
 
 

