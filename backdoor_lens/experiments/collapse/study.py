@@ -211,8 +211,8 @@ def defender_share(prompts: Sequence[str], drawn: frozenset[str], n_defense: int
 
 
 LATER_SETTINGS = {"lora": None, "recover_frozen_share": 0.0}
-"""Settings added to :class:`CollapseConfig` after stages were saved, with the value that keeps its
-earlier behaviour."""
+"""Settings added to :class:`~backdoor_lens.defense.backdoor_collapse.CollapseConfig` after stages
+were saved, with the value that keeps its earlier behaviour."""
 
 
 def preset_key(preset: CollapseConfig) -> dict[str, Any]:
