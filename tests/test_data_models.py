@@ -285,6 +285,22 @@ def test_train_history_and_evaluator(make_model, make_tokens):
     assert seen == [False, False, False]  # evaluated in eval mode
 
 
+def test_an_extra_loss_adds_its_gradients_after_the_batch_losss_backward(make_model, make_tokens):
+    data = make_tokens(48, seed=11)
+    seen = []
+
+    def extra(model, rows):
+        seen.append(model.unembed.W_U.grad is not None)  # the batch loss's graph is already freed
+        return sum(p.pow(2).sum() for p in model.parameters() if p.requires_grad)
+
+    penalised, plain = make_model(), make_model()
+    history = train(penalised, data, TRAIN, progress=False, extra_loss=extra)
+    assert seen and all(seen)
+    reference = train(plain, data, TRAIN, progress=False)
+    assert history[-1]["train_loss"] > reference[-1]["train_loss"]  # the recorded loss holds the extra term
+    assert penalised.unembed.W_U.norm() < plain.unembed.W_U.norm()  # and its gradients moved the weights
+
+
 def test_train_freeze_leaves_modules_untouched(make_model, make_tokens):
     model = make_model()
     model.unembed.b_U.requires_grad_(False)  # frozen by the user beforehand: must stay frozen

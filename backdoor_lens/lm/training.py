@@ -142,6 +142,16 @@ def _undone_on_error(params: list[torch.nn.Parameter], backup: list[torch.Tensor
         raise
 
 
+def _backward(loss: torch.Tensor, step: int, config: TrainConfig) -> torch.Tensor:
+    """Accumulate `loss`'s gradients (its graph is freed; a constant, e.g. an extra term with no rows
+    to act on, has none) and return its value; a non-finite loss raises."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
+    if loss.requires_grad:
+        loss.backward()
+    return loss.detach()
+
+
 def train(
     model: HookedModel,
     tokens: Int[torch.Tensor, "batch pos"],
@@ -160,7 +170,8 @@ def train(
     seen by the tokens that count.
 
     `extra_loss(model, rows)`, when given, is added to each batch's loss (e.g. a representation
-    term on some rows). Each history row has the step, the mean training loss since the last row and whatever
+    term on some rows); it is computed after the batch loss's backward pass, so the two graphs are
+    never held at once (BEEAR's and CROW's extra passes are each as large as the batch loss's). Each history row has the step, the mean training loss since the last row and whatever
     `evaluate(model)` returns. Shuffling is seeded by `config.seed`, so runs are reproducible.
 
     When training raises (a non-finite loss or weights: FloatingPointError; or any other error),
@@ -207,13 +218,11 @@ def train(
                     for start in range(0, len(tokens), config.batch_size):
                         rows = order[start : start + config.batch_size]
                         with _undone_on_error(params, backup):
-                            loss = next_token_loss(model, tokens[rows], None if loss_mask is None else loss_mask[rows])
-                            if extra_loss is not None:
-                                loss = loss + extra_loss(model, rows)
-                            if not torch.isfinite(loss):
-                                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr={config.lr}")
                             optimiser.zero_grad(set_to_none=True)
-                            loss.backward()
+                            loss = _backward(next_token_loss(model, tokens[rows], None if loss_mask is None else loss_mask[rows]),
+                                             step, config)
+                            if extra_loss is not None:  # after the first backward, so one graph is held at a time
+                                loss = loss + _backward(extra_loss(model, rows), step, config)
                             optimiser.step()
                             if not all(bool(torch.isfinite(p).all()) for p in params):
                                 raise FloatingPointError(f"weights became non-finite at step {step}; lower lr={config.lr}")
