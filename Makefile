@@ -65,17 +65,19 @@ gpt2m: $(STAMP)
 # MODEL=toy runs the grid on the 4-layer toy chat model (results/collapse-toy); QUICK=1 two attacks;
 # AGGREGATION=W adds stage 1's aggregation loss at weight W (results/collapse[-toy]-aggregationW);
 # CANDIDATES=all (or a comma list) measures single changes to Collapse as extra columns (results/collapse[-toy]-candidates).
-# ATTACKS=vpi,ctba runs only those attacks (their stages are the full grid's, so a later full run reuses them).
+# ATTACKS=vpi,ctba runs only those attacks, DEFENSES=int8,cleangen only those defenses beside Collapse (their
+# stages are the full grid's, so a later full run reuses them).
 # STAGES_FROM=docs/snapshots/collapse/stages resumes from the stage results a snapshot keeps (JSON only,
 # each reused where its key matches), so a grid longer than one machine's session spans several.
 AGGREGATION ?=
 CANDIDATES ?=
 ATTACKS ?=
+DEFENSES ?=
 STAGES_FROM ?=
 collapse: $(STAMP)
 	$(PY) -m backdoor_lens.experiments.collapse $(CHAT_ARGS) $(if $(AGGREGATION),--aggregation-weight $(AGGREGATION),) \
 		$(if $(CANDIDATES),--candidates $(CANDIDATES),) $(if $(ATTACKS),--attacks $(ATTACKS),) \
-		$(if $(STAGES_FROM),--stages-from $(STAGES_FROM),) \
+		$(if $(DEFENSES),--defenses $(DEFENSES),) $(if $(STAGES_FROM),--stages-from $(STAGES_FROM),) \
 		--out results/collapse$(if $(MODEL),-$(notdir $(MODEL)),)$(if $(AGGREGATION),-aggregation$(AGGREGATION),)$(if $(CANDIDATES),-candidates,)$(BRIDGE_SUFFIX)
 
 test: $(STAMP)

@@ -186,5 +186,11 @@ def test_command_line_sets_model_attacks_and_aggregation_weight(monkeypatch, tmp
         study.main(["--attacks", "nope"])
     with pytest.raises(SystemExit, match="names an attack twice"):
         study.main(["--attacks", "vpi,vpi"])
+    study.main(["--defenses", "int8,cleangen", "--out", str(tmp_path)])
+    assert seen["config"].defenses == ("int8", "cleangen")
+    with pytest.raises(SystemExit, match="defenses='pruning' is not valid; choose one of: 'clean_ft'"):
+        study.main(["--defenses", "pruning"])
+    with pytest.raises(SystemExit, match="names a defense twice"):
+        study.main(["--defenses", "int8,int8"])
     with pytest.raises(SystemExit, match="stages-from: '.*nowhere' is not an existing folder"):
         study.main(["--stages-from", str(tmp_path / "nowhere"), "--out", str(tmp_path)])

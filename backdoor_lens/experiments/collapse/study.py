@@ -162,6 +162,8 @@ class CollapseStudyConfig:
         check_range("head_fraction", self.head_fraction, 0.0, 1.0)
         for name in self.defenses:
             check_choice("defenses", name, TRIGGER_AGNOSTIC)
+        if len(set(self.defenses)) < len(self.defenses):
+            raise ValueError(f"defenses={','.join(self.defenses)} names a defense twice")
         for name in self.candidates:
             check_choice("candidates", name, CANDIDATES)
         if self.n_test + self.n_select > self.plant.n_eval:
@@ -492,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parser.check(lambda: replace(config, defense=replace(config.defense, aggregation_weight=args.aggregation_weight),
                                           candidates=candidates))
     config = parser.check(lambda: only_attacks(config, args.attacks))
+    config = parser.check(lambda: replace(config, defenses=args.defenses) if args.defenses else config)
     with parser.check(FolderLock(args.out).acquire):
         if args.stages_from:
             carry_stages(args.stages_from, args.out)
