@@ -26,8 +26,10 @@ def snapshot(results: Path, snapshots: Path, name: str) -> bool:
         return False
     target = snapshots / name
     for old in target.glob("*"):
-        if old.name != "stages":
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        if old.is_dir() and old.name != "stages":
+            shutil.rmtree(old)
+        elif old.is_file():
+            old.unlink()
     target.mkdir(parents=True, exist_ok=True)
     text = report.read_text(encoding="utf-8")
     (target / "report.md").write_text(text, encoding="utf-8")

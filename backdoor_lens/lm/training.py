@@ -171,7 +171,8 @@ def train(
 
     `extra_loss(model, rows)`, when given, is added to each batch's loss (e.g. a representation
     term on some rows); it is computed after the batch loss's backward pass, so the two graphs are
-    never held at once (BEEAR's and CROW's extra passes are each as large as the batch loss's). Each history row has the step, the mean training loss since the last row and whatever
+    never held at once (BEEAR's and CROW's extra passes are each as large as the batch loss's).
+    Each history row has the step, the mean training loss since the last row and whatever
     `evaluate(model)` returns. Shuffling is seeded by `config.seed`, so runs are reproducible.
 
     When training raises (a non-finite loss or weights: FloatingPointError; or any other error),
