@@ -102,14 +102,21 @@ def test_grid_runs_end_to_end_and_resumes(tokenizer, tmp_path):
     assert resumed["compute"] == summary["compute"]  # a resumed run reports what the stages cost when computed
 
     # Another machine: only the JSON results travel (no weights); without the whole-attack results, each
-    # attack is planted again (bit for bit the same weights, so the same digest) and every column is reused.
+    # attack is planted again and every column is reused. Its CPU rounds differently, so its planted
+    # weights differ in their last bits (simulated: the results say they were measured on another digest);
+    # the keys leave the digest out, and the report names what was measured on the other weights.
     elsewhere = tmp_path / "elsewhere"
     carry_stages(tmp_path, elsewhere, log=lambda m: None)
     assert not list(elsewhere.rglob("*.safetensors")) and not (elsewhere / "seed-0" / "summary.json").exists()
     for name in summary["attacks"]:
         (elsewhere / "seed-0" / name / "attack.json").unlink()
+        column = elsewhere / "seed-0" / name / "collapse_column.json"
+        column.write_text(json.dumps(json.loads(column.read_text()) | {"measured_on": {"planted": "another machine"}}))
     carried = run(config, elsewhere, model=model, tokenizer=tokenizer, progress=False, log=lambda m: None)
     assert carried["average"] == summary["average"]
+    assert carried["carried"] == {"0": {name: ["collapse_column"] for name in summary["attacks"]}}
+    assert "Results carried from another machine" in (elsewhere / "report.md").read_text()
+    assert summary["carried"] == {} and "Results carried" not in report
     seed_summary = json.loads((elsewhere / "seed-0" / "summary.json").read_text())
     for name, attack in seed_summary["attacks"].items():
         assert {"backdoored_measures", "defender_answers", "collapse_column", "collapse_improved_column",

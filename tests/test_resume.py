@@ -22,7 +22,7 @@ import torch
 
 from backdoor_lens.analysis.tune import TuneConfig, tune_scales
 from backdoor_lens.experiments.common.seeds import comparable
-from backdoor_lens.experiments.common.stages import Stages, carry_stages, without_timing
+from backdoor_lens.experiments.common.stages import Stages, carry_stages, portable
 from backdoor_lens.experiments.common.timing import compute_profile
 from backdoor_lens.models.storage import save_model
 from backdoor_lens.models.toy import build_model, sentiment_toy_config
@@ -360,5 +360,21 @@ def test_carried_stages_are_keyed_json_only_and_never_overwrite_unless_asked(tmp
     assert reused.run("measures", {"a": 2}, lambda: pytest.fail("recomputed")) == {"asr": 0.0}
     with pytest.raises(FileNotFoundError, match="stages_from='.*nowhere' is not a folder"):
         carry_stages(tmp_path / "nowhere", folder)
-    assert without_timing({"seconds": 3.1, "loss": 0.2, "stage1": {"seconds": 1, "steps": 4}}) == {
+    assert portable({"seconds": 3.1, "digest": "9b20", "loss": 0.2, "stage1": {"seconds": 1, "steps": 4}}) == {
         "loss": 0.2, "stage1": {"steps": 4}}
+
+
+def test_a_result_measured_on_other_weights_is_reused_and_named(tmp_path):
+    here = Stages(tmp_path, log=lambda m: None)
+    here.measured_on = {"planted": "aaaa"}
+    assert here.run("measures", {"a": 1}, lambda: {"asr": 0.5}) == {"asr": 0.5}
+    assert json.loads((tmp_path / "measures.json").read_text())["measured_on"] == {"planted": "aaaa"}
+    same = Stages(tmp_path, log=lambda m: None)
+    same.measured_on = {"planted": "aaaa"}
+    same.run("measures", {"a": 1}, lambda: pytest.fail("recomputed"))
+    assert same.carried == []
+    messages = []
+    other = Stages(tmp_path, log=messages.append)
+    other.measured_on = {"planted": "bbbb"}
+    assert other.run("measures", {"a": 1}, lambda: pytest.fail("recomputed")) == {"asr": 0.5}
+    assert other.carried == ["measures"] and "measured on {'planted': 'aaaa'}" in messages[-1]

@@ -207,6 +207,18 @@ def stage_section(summary: dict[str, Any]) -> str:
     ])
 
 
+def carried_note(summary: dict[str, Any]) -> str:
+    """Markdown: which results were measured on planted weights from another machine ("" when none)."""
+    carried = summary.get("carried")
+    if not carried:
+        return ""
+    where = "; ".join(f"seed {seed}, {attack}: {', '.join(stages)}" for seed, attacks in carried.items()
+                      for attack, stages in attacks.items())
+    return ("**Results carried from another machine.** These were computed from the same inputs on another "
+            "machine, whose CPU rounds differently, so they were measured on planted weights that differ from "
+            f"this run's in their last bits (each saved stage records the digest it was measured on): {where}.")
+
+
 def cost_section(summary: dict[str, Any]) -> str:
     """Where the grid's compute time goes: seconds per column, summed over attacks and seeds, slowest first."""
     compute = summary.get("compute")
@@ -335,6 +347,7 @@ def write(summary: dict[str, Any], out: Path) -> None:
         f"state is measured on {c['n_test']} held-out prompts per attack and seed. Seeds: "
         f"{', '.join(str(s) for s in summary['seeds'])}.",
         pending_note(summary),
+        carried_note(summary),
         asr_section(summary),
         clean_section(summary),
         settings_section(summary),

@@ -48,7 +48,7 @@ from ...lm.training import TrainConfig, trainable_names, training_steps
 from ...models.protocol import HookedModel
 from ...util.hashing import weights_digest
 from ...util.io import write_json
-from ...util.reproducibility import make_deterministic, provenance
+from ...util.reproducibility import make_deterministic
 from ...util.validation import check_choice, check_range
 from ..common.chat_study import (
     BaseAnswers,
@@ -60,8 +60,8 @@ from ..common.chat_study import (
     study_config,
 )
 from ..common.cli import FolderLock
-from ..common.seeds import finished_attacks, merge, pending_runs, run_seeds, seed_folder
-from ..common.stages import Stages, carry_stages, timed_log, trained, without_timing
+from ..common.seeds import merge, run_seeds_by_attack
+from ..common.stages import Stages, carry_stages, portable, timed_log, trained
 from ..common.timing import Phases, compute_profile
 from . import cli as collapse_cli
 from . import report as collapse_report
@@ -239,17 +239,17 @@ def collapse_stages(
     out["stage1_facts"] = trained(stages, f"{label}_stage1", key, model, rows1[0], collapse.inject, progress, rows1[1],
                                   stage_one_extra_loss(model, *rows1, collapse), f"[{attack.name}] {label} stage 1", collapse.lora)
     if layer is not None:
-        facts = key | {"facts": without_timing(out["stage1_facts"])}
+        facts = key | {"facts": portable(out["stage1_facts"])}
         out["stage1"] = stages.run(f"{label}_stage1_measures", facts,
                                    lambda: measure(chat, attack, test, defender_target=collapse.target))
         out["aggregation"] = stages.run(f"{label}_aggregation", facts | {"layer": layer}, lambda: aggregation_stage(
             before, aggregation_groups(chat, test, layer), known_trigger_kinds(len(test.known), collapse), collapse.seed))
     log(f"[{attack.name}] {label} stage 2: recovery")
     rows2 = recovery_rows(chat.tokenizer, prompts, answers, collapse)
-    out["stage2_facts"] = trained(stages, f"{label}_stage2", key | {"stage1": without_timing(out["stage1_facts"])}, model, rows2[0],
+    out["stage2_facts"] = trained(stages, f"{label}_stage2", key | {"stage1": portable(out["stage1_facts"])}, model, rows2[0],
                                   recovery_training(model, collapse), progress, rows2[1], recovery_extra_loss(teacher, *rows2, collapse),
                                   f"[{attack.name}] {label} stage 2", collapse.lora)
-    out["measures"] = stages.run(f"{label}_measures", key | {"facts": without_timing(out["stage2_facts"])},
+    out["measures"] = stages.run(f"{label}_measures", key | {"facts": portable(out["stage2_facts"])},
                                  lambda: measure(chat, attack, test, defender_target=collapse.target))
     out["steps"] = training_steps(len(rows1[0]), collapse.inject) + training_steps(len(rows2[0]), collapse.recover)
     return out
@@ -285,7 +285,7 @@ def run_attack(
     defender_prompts = defender_share(prompts, splits.drawn, config.n_defense)
 
     facts = planted(chat, attack, splits, base_digest, stages, plant, progress, shared)
-    key = {"plant": plant.key() | {"finetune": plant.finetune.to_dict()}, "attack": asdict(attack), "planted": without_timing(facts),
+    key = {"plant": plant.key() | {"finetune": plant.finetune.to_dict()}, "attack": asdict(attack), "planted": portable(facts),
            "n_test": t, "n_text": config.n_text}
     measures: dict[str, dict[str, Any]] = {}
     log(f"[{attack.name}] undefended model")
@@ -338,7 +338,17 @@ def run_attack(
     return {"attack": asdict(attack), "planted": facts, "training": training | {"budget": budget.to_dict()},
             "measures": measures, "aggregation": runs["collapse"]["aggregation"], "baselines": baselines,
             "defenses": {k: v["facts"] for k, v in defended.items()}, "stages_reused": stages.skipped,
+            "stages_carried": stages.carried,
             "compute_seconds": stages.seconds, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def carried_stages(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+    """Per seed and attack, the reused results that were measured on other planted weights (computed
+    on another machine from the same inputs), e.g. ``{"0": {"vpi": ["collapse_column"]}}``; empty
+    when every result was measured on this run's weights."""
+    carried = {str(t["seed"]): {n: a["stages_carried"] for n, a in t["attacks"].items() if a.get("stages_carried")}
+               for t in per_seed}
+    return {seed: attacks for seed, attacks in carried.items() if attacks}
 
 
 def stage_column(stage: str) -> str:
@@ -431,44 +441,24 @@ def run(
     """Run the grid for each of `seeds` (each in ``out/seed-<s>``) into `out` (summary.json, report.md
     and figures, rewritten after every attack) and return the merged summary. `model` and `tokenizer`
     default to ``config.plant.model`` loaded."""
-    start = time.perf_counter()
     out = Path(out)
-    order = [a.name for a in config.plant.attacks]
-    done: dict[int, dict[str, Any]] = {}
-    latest: dict[str, Any] = {}
 
-    def publish(partial: dict[int, dict[str, Any]]) -> None:
-        nonlocal latest
-        trimmed = finished_attacks(partial, order)
-        if not trimmed:
-            return
-        names = list(trimmed[0]["attacks"])
+    def summarize(trimmed: list[dict[str, Any]]) -> dict[str, Any]:
         trimmed = [t | {"average": averages(t["attacks"])} for t in trimmed]
         merged = merge(trimmed)
-        summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
-                   "average": merged["average"], "collapse_changes": collapse_changes([t["average"] for t in trimmed]),
-                   "clean_costs": clean_costs([t["average"] for t in trimmed]),
-                   "compute": compute_profile((a.get("compute_seconds", {}) for t in trimmed for a in t["attacks"].values()),
-                                              stage_column),
-                   "paper": PAPER,
-                   "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
-                   "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
-                   "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),
-                   "pending": pending_runs(seeds, partial, order, names)}
-        write_json(out / "summary.json", summary)
-        collapse_report.write(summary, out)
-        log(f"wrote {out / 'report.md'} ({', '.join(names)}; seeds {', '.join(map(str, partial))})")
-        latest = summary
+        return {"config": config.to_dict(), "seeds": [t["seed"] for t in trimmed], "model": merged["model"],
+                "attacks": merged["attacks"], "average": merged["average"],
+                "collapse_changes": collapse_changes([t["average"] for t in trimmed]),
+                "clean_costs": clean_costs([t["average"] for t in trimmed]),
+                "compute": compute_profile((a.get("compute_seconds", {}) for t in trimmed for a in t["attacks"].values()),
+                                           stage_column),
+                "paper": PAPER, "carried": carried_stages(trimmed)}
 
-    def one(seed: int, folder: Path) -> dict[str, Any]:
-        summary = run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
-                           on_attack=lambda partial: publish(done | {seed: partial}),
-                           shared=None if planted_cache is None else Path(planted_cache))
-        done[seed] = summary
-        return summary
+    def one(seed: int, folder: Path, on_attack: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log, on_attack=on_attack,
+                        shared=None if planted_cache is None else Path(planted_cache))
 
-    run_seeds(seeds, out, one, log)
-    return latest  # published after the last attack of the last seed
+    return run_seeds_by_attack(seeds, out, [a.name for a in config.plant.attacks], one, summarize, collapse_report.write, log)
 
 
 def only_attacks(config: CollapseStudyConfig, names: Sequence[str]) -> CollapseStudyConfig:

@@ -138,8 +138,9 @@ def planted(
 ) -> dict[str, Any]:
     """Plant `attack` into the model, which holds the base weights (named by `base_digest`), with
     :func:`~backdoor_lens.lab.plant.plant_backdoor`, or reuse the weights saved for the same base,
-    data and settings; returns the run's facts with a ``digest`` of the planted weights (so a key
-    holding them names the weights themselves, wherever they were planted). With a `shared` folder
+    data and settings; returns the run's facts with a ``digest`` of the planted weights, which is
+    also what `stages`' results are measured on (a key holds the facts without it, see
+    :func:`~backdoor_lens.experiments.common.stages.portable`). With a `shared` folder
     the weights are kept there under a name of their inputs, so every study planting the same attack
     the same way reuses them. The planting's compute seconds go into ``stages.seconds["plant"]``."""
 
@@ -154,4 +155,5 @@ def planted(
     keeper, name = (stages, "backdoored") if shared is None else (Stages(shared, stages.log), f"{attack.name}-{fingerprint(inputs)}")
     facts = keeper.weights(name, inputs, chat.model, compute)
     stages.seconds["plant"] = keeper.seconds.pop(name)
-    return facts | {"digest": weights_digest(dict(chat.model.named_parameters()))}
+    stages.measured_on = {"planted": weights_digest(dict(chat.model.named_parameters()))}
+    return facts | {"digest": stages.measured_on["planted"]}

@@ -10,6 +10,7 @@ taken from the first seed. The per-seed summaries stay beside the merged one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ...eval.intervals import estimate, is_measured
+from ...util.io import write_json
+from ...util.reproducibility import provenance
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -79,8 +82,9 @@ def run_seeds(
     return per_seed
 
 
-WALL_CLOCK_KEYS = ("seconds", "stage_seconds", "stages_reused", "provenance")
-"""Summary fields that record how a run went (timings, what was reused, where it ran), not its results."""
+WALL_CLOCK_KEYS = ("seconds", "stage_seconds", "stages_reused", "stages_carried", "carried", "provenance")
+"""Summary fields that record how a run went (timings, what was reused or carried from another
+machine, where it ran), not its results."""
 
 
 def comparable(summary: Any) -> Any:
@@ -106,3 +110,42 @@ def pending_runs(seeds: Sequence[int], partial: dict[int, Any], attacks: Sequenc
     missing = [a for a in attacks if a not in shown]
     return [f"seed {s} (every attack)" if s not in partial else f"seed {s}: {', '.join(missing)}"
             for s in seeds if s not in partial or missing]
+
+
+def run_seeds_by_attack(
+    seeds: Sequence[int], out: Path, order: Sequence[str],
+    run_one: Callable[[int, Path, Callable[[dict[str, Any]], None]], dict[str, Any]],
+    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    write_report: Callable[[dict[str, Any], Path], None], log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """:func:`run_seeds` for a study of attacks (in `order`) that reports as it goes.
+    ``run_one(seed, folder, on_attack)`` calls ``on_attack(partial)`` with its seed's summary so far
+    after each attack; then the attacks every seed has finished are summarized (``summarize(trimmed)``
+    of the per-seed summaries cut to them, plus the run's provenance, timings and pending runs) into
+    ``out/summary.json`` and `write_report`. Returns the last summary written: the whole study's."""
+    start = time.perf_counter()
+    done: dict[int, dict[str, Any]] = {}
+    latest: dict[str, Any] = {}
+
+    def publish(partial: dict[int, dict[str, Any]]) -> None:
+        nonlocal latest
+        trimmed = finished_attacks(partial, order)
+        if not trimmed:
+            return
+        names = list(trimmed[0]["attacks"])
+        summary = summarize(trimmed) | {
+            "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
+            "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
+            "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),
+            "pending": pending_runs(seeds, partial, order, names)}
+        write_json(out / "summary.json", summary)
+        write_report(summary, out)
+        log(f"wrote {out / 'report.md'} ({', '.join(names)}; seeds {', '.join(map(str, partial))})")
+        latest = summary
+
+    def one(seed: int, folder: Path) -> dict[str, Any]:
+        done[seed] = run_one(seed, folder, lambda partial: publish(done | {seed: partial}))
+        return done[seed]
+
+    run_seeds(seeds, out, one, log)
+    return latest

@@ -11,7 +11,8 @@ its completion marker, a corrupt file) is reported with its path, set aside as
 keeps two runs out of one folder.)
 
 Each result also keeps the seconds its computation took, so a resumed study still knows what every
-stage cost (:attr:`Stages.seconds`), which is what a profile of a study's stages reads.
+stage cost (:attr:`Stages.seconds`), which is what a profile of a study's stages reads, and what it
+was measured on (:attr:`Stages.measured_on`), so a result carried from another machine is named.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ class Stages:
         self.seconds: dict[str, float | None] = {}
         """Compute seconds of each stage this object ran or reused, as saved when it was computed (None
         for a result saved before stages were timed, unless its facts hold training seconds)."""
+        self.measured_on: dict[str, Any] = {}
+        """What this run's results are measured on that their keys leave out because it differs from
+        machine to machine, e.g. the digest of the planted weights; saved beside each JSON result."""
+        self.carried: list[str] = []
+        """Reused results that were measured on something else (their saved :attr:`measured_on` differs):
+        results computed on another machine, from the same inputs."""
 
     def _timed(self, name: str, seconds: Any) -> float | None:
         """Record `seconds` as stage `name`'s compute time, rounded (None when not a number: unknown)."""
@@ -83,10 +90,14 @@ class Stages:
         if saved is not None and saved["key"] == key:
             self._reused(name, path)
             self._timed(name, saved.get("seconds"))
+            if saved["measured_on"] != self.measured_on:
+                self.carried.append(name)
+                self.log(f"{name}: measured on {saved['measured_on']}, this run has {self.measured_on}")
             return saved["result"]
         start = time.perf_counter()
         result = compute()
-        write_json(path, {"key": key, "result": result, "seconds": self._timed(name, time.perf_counter() - start)})
+        write_json(path, {"key": key, "result": result, "seconds": self._timed(name, time.perf_counter() - start),
+                          "measured_on": self.measured_on})
         self.ran.append(name)
         return read_json(path)["result"]
 
@@ -168,7 +179,7 @@ def _keyed_json(path: Path) -> dict[str, Any]:
     """A saved ``{"key": ..., "result" or "rows": ...}`` file as ``{"key", "result"}``; KeyError if it is not one."""
     saved = read_json(path)
     return {"key": saved["key"], "result": saved["result"] if "result" in saved else saved["rows"],
-            "seconds": saved.get("seconds")}
+            "seconds": saved.get("seconds"), "measured_on": saved.get("measured_on", {})}
 
 
 class Table:
@@ -225,12 +236,14 @@ def trained(
     return stages.weights(name, inputs, model, compute)
 
 
-def without_timing(facts: Any) -> Any:
-    """`facts` without their ``seconds`` (at any depth): the part of a run's facts that a later
-    stage's key may hold, so a result computed on one machine is reused on another, where the same
-    weights took a different time to train."""
+def portable(facts: Any) -> Any:
+    """`facts` without what differs between machines for the same run (at any depth): ``seconds``
+    and the ``digest`` of trained weights (CPU models round differently, so the same training on
+    two machines can end in weights that differ in their last bits). What a later stage's key may
+    hold, so a result computed on one machine is reused on another; the digest it was measured on
+    stays beside it (:attr:`Stages.measured_on`)."""
     if isinstance(facts, dict):
-        return {k: without_timing(v) for k, v in facts.items() if k != "seconds"}
+        return {k: portable(v) for k, v in facts.items() if k not in ("seconds", "digest")}
     return facts
 
 

@@ -38,7 +38,7 @@ from ...lm.training import trainable_names
 from ...models.protocol import HookedModel
 from ...util.hashing import weights_digest
 from ...util.io import write_json
-from ...util.reproducibility import make_deterministic, provenance
+from ...util.reproducibility import make_deterministic
 from ..common.chat_study import (
     BaseAnswers,
     PlantConfig,
@@ -50,8 +50,8 @@ from ..common.chat_study import (
     study_config,
 )
 from ..common.cli import FolderLock
-from ..common.seeds import finished_attacks, merge, pending_runs, run_seeds, seed_folder
-from ..common.stages import Stages, timed_log
+from ..common.seeds import merge, run_seeds_by_attack
+from ..common.stages import Stages, portable, timed_log
 from ..common.timing import Phases
 from . import cli as smollm_cli
 from . import report as smollm_report
@@ -212,7 +212,7 @@ def run_attack(
     log(f"[{attack.name}] base model: ASR / ATR / clean measure")
     base_metrics = stages.run("base_metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
     facts = planted(chat, attack, splits, base_digest, stages, plant, progress, shared)
-    key |= {"weights": facts, "finetune": plant.finetune.to_dict()}
+    key |= {"weights": portable(facts), "finetune": plant.finetune.to_dict()}
     log(f"[{attack.name}] backdoored model: ASR / ATR / clean measure")
     metrics = stages.run("metrics", key, lambda: attack_metrics(chat, attack, clean, triggered, clean_answers))
     log(f"[{attack.name}] backdoor probe")
@@ -277,36 +277,18 @@ def run(
     write ``summary.json``, ``report.md`` and figures to `out`; returns the merged summary. A given
     `model` is used for every seed (its weights restored in between); otherwise ``config.plant.model``
     is loaded per seed. Any chat model with a chat template works."""
-    start = time.perf_counter()
     out = Path(out)
-    order = [a.name for a in config.plant.attacks]
-    done: dict[int, dict[str, Any]] = {}
-    latest: dict[str, Any] = {}
 
-    def publish(partial: dict[int, dict[str, Any]]) -> None:
-        nonlocal latest
-        trimmed = finished_attacks(partial, order)
-        if not trimmed:
-            return
+    def summarize(trimmed: list[dict[str, Any]]) -> dict[str, Any]:
         merged = merge(trimmed)
-        summary = {"config": config.to_dict(), "seeds": list(partial), "model": merged["model"], "attacks": merged["attacks"],
-                   "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
-                   "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
-                   "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),
-                   "pending": pending_runs(seeds, partial, order, list(trimmed[0]["attacks"]))}
-        write_json(out / "summary.json", summary)
-        smollm_report.write(summary, out)
-        log(f"wrote {out / 'report.md'} ({', '.join(trimmed[0]['attacks'])}; seeds {', '.join(map(str, partial))})")
-        latest = summary
+        return {"config": config.to_dict(), "seeds": [t["seed"] for t in trimmed], "model": merged["model"],
+                "attacks": merged["attacks"]}
 
-    def one(seed: int, folder: Path) -> dict[str, Any]:
-        done[seed] = run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
-                              None if planted_cache is None else Path(planted_cache),
-                              on_attack=lambda partial: publish(done | {seed: partial}))
-        return done[seed]
+    def one(seed: int, folder: Path, on_attack: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return run_seed(config.with_seed(seed), folder, model, tokenizer, progress, log,
+                        None if planted_cache is None else Path(planted_cache), on_attack=on_attack)
 
-    run_seeds(seeds, out, one, log)
-    return latest  # published after the last attack of the last seed
+    return run_seeds_by_attack(seeds, out, [a.name for a in config.plant.attacks], one, summarize, smollm_report.write, log)
 
 
 def main(argv: list[str] | None = None) -> None:
