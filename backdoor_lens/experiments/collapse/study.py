@@ -446,7 +446,7 @@ def run(
     def summarize(trimmed: list[dict[str, Any]]) -> dict[str, Any]:
         trimmed = [t | {"average": averages(t["attacks"])} for t in trimmed]
         merged = merge(trimmed)
-        return {"config": config.to_dict(), "seeds": [t["seed"] for t in trimmed], "model": merged["model"],
+        return {"config": config.to_dict(), "model": merged["model"],
                 "attacks": merged["attacks"], "average": merged["average"],
                 "collapse_changes": collapse_changes([t["average"] for t in trimmed]),
                 "clean_costs": clean_costs([t["average"] for t in trimmed]),

@@ -121,8 +121,9 @@ def run_seeds_by_attack(
     """:func:`run_seeds` for a study of attacks (in `order`) that reports as it goes.
     ``run_one(seed, folder, on_attack)`` calls ``on_attack(partial)`` with its seed's summary so far
     after each attack; then the attacks every seed has finished are summarized (``summarize(trimmed)``
-    of the per-seed summaries cut to them, plus the run's provenance, timings and pending runs) into
-    ``out/summary.json`` and `write_report`. Returns the last summary written: the whole study's."""
+    of the per-seed summaries cut to them, plus the seeds, the run's provenance, timings and pending
+    runs) into ``out/summary.json`` and `write_report`. Returns the last summary written: the whole
+    study's."""
     start = time.perf_counter()
     done: dict[int, dict[str, Any]] = {}
     latest: dict[str, Any] = {}
@@ -134,6 +135,7 @@ def run_seeds_by_attack(
             return
         names = list(trimmed[0]["attacks"])
         summary = summarize(trimmed) | {
+            "seeds": list(partial),
             "per_seed": {str(s): str(seed_folder(out, s).relative_to(out) / "summary.json") for s in partial},
             "stage_seconds": {f"seed {s} {k}": v for s, p in partial.items() for k, v in p["stage_seconds"].items()},
             "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),

@@ -281,7 +281,7 @@ def run(
 
     def summarize(trimmed: list[dict[str, Any]]) -> dict[str, Any]:
         merged = merge(trimmed)
-        return {"config": config.to_dict(), "seeds": [t["seed"] for t in trimmed], "model": merged["model"],
+        return {"config": config.to_dict(), "model": merged["model"],
                 "attacks": merged["attacks"]}
 
     def one(seed: int, folder: Path, on_attack: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
