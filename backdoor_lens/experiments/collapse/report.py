@@ -229,8 +229,8 @@ def carried_note(summary: dict[str, Any]) -> str:
     carried = summary.get("carried")
     if not carried:
         return ""
-    where = "; ".join(f"seed {seed}, {attack}: {', '.join(stages)}" for seed, attacks in carried.items()
-                      for attack, stages in attacks.items())
+    where = "; ".join(f"seed {seed}, {attack}: {stages if isinstance(stages, str) else ', '.join(stages)}"
+                      for seed, attacks in carried.items() for attack, stages in attacks.items())
     return ("**Results carried from another machine.** These were computed from the same inputs on another "
             "machine, whose CPU rounds differently, so they were measured on planted weights that differ from "
             f"this run's in their last bits (each saved stage records the digest it was measured on): {where}.")

@@ -338,16 +338,25 @@ def run_attack(
     return {"attack": asdict(attack), "planted": facts, "training": training | {"budget": budget.to_dict()},
             "measures": measures, "aggregation": runs["collapse"]["aggregation"], "baselines": baselines,
             "defenses": {k: v["facts"] for k, v in defended.items()}, "stages_reused": stages.skipped,
-            "stages_carried": stages.carried,
+            "stages_ran": stages.ran, "stages_carried": stages.carried,
             "compute_seconds": stages.seconds, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def carried_stages(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+EVERY_RESULT = "every result"
+"""What :func:`carried_stages` holds for an attack all of whose results were measured on other weights."""
+
+
+def carried_stages(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, list[str] | str]]:
     """Per seed and attack, the reused results that were measured on other planted weights (computed
-    on another machine from the same inputs), e.g. ``{"0": {"vpi": ["collapse_column"]}}``; empty
-    when every result was measured on this run's weights."""
-    carried = {str(t["seed"]): {n: a["stages_carried"] for n, a in t["attacks"].items() if a.get("stages_carried")}
-               for t in per_seed}
+    on another machine from the same inputs), e.g. ``{"0": {"vpi": ["collapse_column"]}}``, or
+    :data:`EVERY_RESULT` when the attack computed nothing on this run's weights; empty when every
+    result was measured on this run's weights."""
+    def of(attack: dict[str, Any]) -> list[str] | str:
+        carried = attack["stages_carried"]
+        every = set(carried) == set(attack["stages_reused"]) and not attack.get("stages_ran")
+        return EVERY_RESULT if every else carried
+
+    carried = {str(t["seed"]): {n: of(a) for n, a in t["attacks"].items() if a.get("stages_carried")} for t in per_seed}
     return {seed: attacks for seed, attacks in carried.items() if attacks}
 
 
