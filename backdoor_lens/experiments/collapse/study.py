@@ -343,18 +343,20 @@ def run_attack(
 
 
 EVERY_RESULT = "every result"
-"""What :func:`carried_stages` holds for an attack all of whose results were measured on other weights."""
+"""How :func:`carried_stages` names all of an attack's results (``"every result but beear_measures"``)."""
 
 
 def carried_stages(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, list[str] | str]]:
     """Per seed and attack, the reused results that were measured on other planted weights (computed
-    on another machine from the same inputs), e.g. ``{"0": {"vpi": ["collapse_column"]}}``, or
-    :data:`EVERY_RESULT` when the attack computed nothing on this run's weights; empty when every
-    result was measured on this run's weights."""
+    on another machine from the same inputs), e.g. ``{"0": {"vpi": ["collapse_column"]}}``, or, when
+    they are most of the attack's results, :data:`EVERY_RESULT` and the exceptions (``"every result
+    but beear_measures"``); empty when every result was measured on this run's weights."""
     def of(attack: dict[str, Any]) -> list[str] | str:
         carried = attack["stages_carried"]
-        every = set(carried) == set(attack["stages_reused"]) and not attack.get("stages_ran")
-        return EVERY_RESULT if every else carried
+        here = [s for s in attack["stages_reused"] + attack.get("stages_ran", []) if s not in carried]
+        if len(here) >= len(carried):
+            return carried
+        return f"{EVERY_RESULT} but {', '.join(here)}" if here else EVERY_RESULT
 
     carried = {str(t["seed"]): {n: of(a) for n, a in t["attacks"].items() if a.get("stages_carried")} for t in per_seed}
     return {seed: attacks for seed, attacks in carried.items() if attacks}
