@@ -20,6 +20,7 @@ import optuna
 import pytest
 import torch
 
+from backdoor_lens.analysis import tune
 from backdoor_lens.analysis.tune import TuneConfig, tune_scales
 from backdoor_lens.experiments.common.seeds import comparable
 from backdoor_lens.experiments.common.stages import Stages, carry_stages, portable
@@ -182,6 +183,39 @@ def test_tuning_killed_mid_trial_resumes_to_the_same_trials(tmp_path, uninterrup
     result = tune_scales(bowl, torch.ones(3), TUNE, str(path), "bowl", progress=False)
     params, best = trials_of(path)
     assert (params, best) == uninterrupted and result.value == best and result.n_trials == 14
+
+
+def _tune(path: str) -> None:
+    torch.set_num_threads(THREADS)
+    tune_scales(bowl, torch.ones(3), TUNE, path, "bowl", progress=False)
+
+
+def test_trial_killed_before_it_recorded_its_worker_is_retried(tmp_path, monkeypatch):
+    # A kill between Optuna creating a trial and the trial recording its process leaves a running
+    # trial with no owner; a resumed study once waited on it forever.
+    monkeypatch.setattr(tune, "UNCLAIMED_SECONDS", 0.0)
+    path = str(tmp_path / "optuna.journal")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    orphan = optuna.create_study(study_name="bowl", storage=storage).ask()  # running, unclaimed
+    child = multiprocessing.get_context("fork").Process(target=_tune, args=(path,))
+    child.start()
+    child.join(120)
+    hung = child.exitcode is None
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
+    trials = optuna.load_study(study_name="bowl", storage=storage).get_trials(deepcopy=False)
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == TUNE.n_trials
+
+
+def test_an_unclaimed_trial_waits_out_its_grace_period(tmp_path):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    study = optuna.create_study(study_name="bowl", storage=storage)
+    trial = study.ask()
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    assert not tune._unclaimed(frozen)  # just created: its worker may be about to claim it
+    study.tell(trial, 1.0)
 
 
 def test_tuning_stopped_by_ctrl_c_resumes_to_the_same_trials(tmp_path, uninterrupted):

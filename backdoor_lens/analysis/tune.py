@@ -24,7 +24,8 @@ with, one worker's.
 without one for three heartbeats is failed and retried (``RetryHeartbeatStaleTrialCallback``, up to
 3 times) by the next worker that looks. A journal file has no heartbeats: each trial records its
 process (host, pid and start time), and a running trial whose process on this machine is gone is
-failed and retried when a worker opens or polls the study. A trial stopped by Ctrl-C is retried
+failed and retried when a worker opens or polls the study, as is one that never recorded its process
+(killed between creating the trial and claiming it) once :data:`UNCLAIMED_SECONDS` have passed. A trial stopped by Ctrl-C is retried
 the same way when the study resumes. A journal cannot tell whether a process on another
 machine lives, so share journals only between processes of one machine and use a database across
 machines. A trial started after the study is full (two workers racing for the last slot) fails as
@@ -45,6 +46,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -58,6 +60,9 @@ from ..util.validation import check_range
 
 Objective = Callable[[Float[torch.Tensor, " rank"]], float]
 MAX_RETRIES = 3
+UNCLAIMED_SECONDS = 30.0
+"""A running trial on a journal that has not recorded its process this long after it started is
+stale: a live worker records it a moment after creating the trial, so only a kill in between leaves one."""
 _WORKER, _SLOT, _ROUND, _SKIPPED, _OBJECTIVE_FAILED = "worker", "slot", "round", "skipped", "objective_failed"
 
 
@@ -268,6 +273,14 @@ def _dead_here(worker: str | None) -> bool:
     return bool(started) and _started(int(pid)) != started
 
 
+def _unclaimed(trial: FrozenTrial) -> bool:
+    """True when running `trial` never recorded its worker and started :data:`UNCLAIMED_SECONDS` ago or more."""
+    if _WORKER in trial.user_attrs or trial.datetime_start is None:
+        return False
+    started = trial.datetime_start
+    return (datetime.now(started.tzinfo) - started).total_seconds() >= UNCLAIMED_SECONDS
+
+
 def _fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage | None) -> None:
     """Fail and retry the stale running trials (by heartbeat on a database; on a journal, those
     whose process on this machine is gone), and retry the trials a KeyboardInterrupt stopped."""
@@ -278,7 +291,7 @@ def _fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage | None
         if isinstance(storage, optuna.storages.JournalStorage):
             study_id = storage.get_study_id_from_name(study.study_name)
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if _dead_here(trial.user_attrs.get(_WORKER)):
+                if _dead_here(trial.user_attrs.get(_WORKER)) or _unclaimed(trial):
                     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
                     try:
                         storage.set_trial_state_values(trial_id, TrialState.FAIL)
