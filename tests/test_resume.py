@@ -160,9 +160,13 @@ def killing_objective(at: int):
     return objective
 
 
-def _tune_then_die(path: str, at: int) -> None:
+def _tune(path: str, objective=bowl) -> None:
     torch.set_num_threads(THREADS)
-    tune_scales(killing_objective(at), torch.ones(3), TUNE, path, "bowl", progress=False)
+    tune_scales(objective, torch.ones(3), TUNE, path, "bowl", progress=False)
+
+
+def _tune_then_die(path: str, at: int) -> None:
+    _tune(path, killing_objective(at))
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +187,6 @@ def test_tuning_killed_mid_trial_resumes_to_the_same_trials(tmp_path, uninterrup
     result = tune_scales(bowl, torch.ones(3), TUNE, str(path), "bowl", progress=False)
     params, best = trials_of(path)
     assert (params, best) == uninterrupted and result.value == best and result.n_trials == 14
-
-
-def _tune(path: str) -> None:
-    torch.set_num_threads(THREADS)
-    tune_scales(bowl, torch.ones(3), TUNE, path, "bowl", progress=False)
 
 
 def test_trial_killed_before_it_recorded_its_worker_is_retried(tmp_path, monkeypatch):

@@ -25,13 +25,14 @@ without one for three heartbeats is failed and retried (``RetryHeartbeatStaleTri
 3 times) by the next worker that looks. A journal file has no heartbeats: each trial records its
 process (host, pid and start time), and a running trial whose process on this machine is gone is
 failed and retried when a worker opens or polls the study, as is one that never recorded its process
-(killed between creating the trial and claiming it) once :data:`UNCLAIMED_SECONDS` have passed. A trial stopped by Ctrl-C is retried
-the same way when the study resumes. A journal cannot tell whether a process on another
-machine lives, so share journals only between processes of one machine and use a database across
-machines. A trial started after the study is full (two workers racing for the last slot) fails as
-surplus and never counts. The journal file is locked with ``fcntl`` (released even by a killed
-process); a record cut short by a kill is dropped when the journal is next opened, and a journal
-that is corrupt elsewhere is set aside (``*.corrupt-<time>``) and the study starts afresh.
+(killed between creating the trial and claiming it) once :data:`UNCLAIMED_SECONDS` have passed. A
+trial stopped by Ctrl-C is retried the same way when the study resumes. A journal cannot tell
+whether a process on another machine lives, so share journals only between processes of one machine
+and use a database across machines. A trial started after the study is full (two workers racing for
+the last slot) fails as surplus and never counts. The journal file is locked with ``fcntl``
+(released even by a killed process); a record cut short by a kill is dropped when the journal is
+next opened, and a journal that is corrupt elsewhere is set aside (``*.corrupt-<time>``) and the
+study starts afresh.
 """
 
 from __future__ import annotations
